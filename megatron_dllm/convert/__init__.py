@@ -1,0 +1,1 @@
+"""convert package of megatron_dllm."""

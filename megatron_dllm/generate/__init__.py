@@ -1,0 +1,1 @@
+"""generate package of megatron_dllm."""

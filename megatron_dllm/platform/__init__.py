@@ -1,0 +1,1 @@
+"""platform package of megatron_dllm."""

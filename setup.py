@@ -1,0 +1,26 @@
+"""Install megatron_dllm: a Megatron-Core plugin for masked-diffusion language models."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron_dllm",
+    version="0.1.0",
+    description="Masked-diffusion (LLaDA2.0-style) training on NVIDIA Megatron-Core",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_dllm", "megatron_dllm.*"]),
+    install_requires=[
+        "megatron-core==0.16.1",
+        "torch>=2.6",
+        "numpy",
+        "psutil",  # dist_checkpointing saves hang without it
+        "sentencepiece",
+        "tensorboard",
+        "safetensors",
+        "pyyaml",
+    ],
+    extras_require={
+        # apex comes with the NGC PyTorch image; it is not on PyPI.
+        "gpu": ["transformer-engine[pytorch]"],
+        "test": ["pytest>=7", "pytest-timeout"],
+    },
+)

@@ -1,0 +1,233 @@
+"""Typed configuration of a megatron_dllm run.
+
+Every field has a help text (``field(metadata={"help": ...})``) so command-line flags can be generated
+from these dataclasses. Field names follow Megatron-LM's flag names with dashes turned into
+underscores (``num_layers`` <-> ``--num-layers``), so operators' launch scripts carry over.
+
+``validate(model, parallel, world_size)`` checks everything that can be checked before any compute and
+raises :class:`ConfigError` whose message names the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import List, Optional, Union
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says how to fix it."""
+
+
+def _f(default, help: str, **kw):  # noqa: A002 - mirrors argparse's name
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the Megatron-Core GPT / MoE model (LLaDA2.0 style when MoE)."""
+
+    num_layers: int = _f(2, "Number of transformer layers.")
+    hidden_size: int = _f(64, "Hidden size.")
+    ffn_hidden_size: Optional[int] = _f(None, "FFN size of dense layers (default 4 x hidden).")
+    num_attention_heads: int = _f(4, "Number of query heads.")
+    num_query_groups: Optional[int] = _f(
+        None, "Number of key/value heads for grouped-query attention (default: one per head)."
+    )
+    kv_channels: Optional[int] = _f(None, "Head dimension (default hidden / heads).")
+    seq_length: int = _f(128, "Training sequence length L (clean tokens per sample).")
+    max_position_embeddings: Optional[int] = _f(
+        None, "Largest position the RoPE table covers (default: seq-length)."
+    )
+    vocab_size: int = _f(256, "Vocabulary size of the tokenizer (before padding).")
+    make_vocab_size_divisible_by: int = _f(
+        128, "Pad the vocabulary to a multiple of this times the tensor-parallel size."
+    )
+    normalization: str = _f("RMSNorm", "LayerNorm or RMSNorm.", choices=["LayerNorm", "RMSNorm"])
+    norm_epsilon: float = _f(1e-6, "Epsilon of the normalisation layers.")
+    qk_layernorm: bool = _f(True, "Per-head normalisation of queries and keys before RoPE.")
+    position_embedding_type: str = _f("rope", "Position embedding type.", choices=["rope"])
+    rotary_percent: float = _f(1.0, "Fraction of each head's dims that RoPE rotates (LLaDA2.0: 0.5).")
+    rotary_base: int = _f(10000, "RoPE base (LLaDA2.0: 600000).")
+    swiglu: bool = _f(True, "SwiGLU feed-forward (gated SiLU).")
+    add_bias_linear: bool = _f(False, "Biases in linear layers.")
+    untie_embeddings_and_output_weights: bool = _f(
+        True, "Separate input embedding and output layer weights."
+    )
+    init_method_std: float = _f(0.02, "Standard deviation of the weight initialisation.")
+    hidden_dropout: float = _f(0.0, "Dropout on hidden states.")
+    attention_dropout: float = _f(0.0, "Dropout on attention probabilities.")
+    # --- MoE -------------------------------------------------------------------------------------
+    num_experts: Optional[int] = _f(None, "Routed experts per MoE layer (None: dense model).")
+    moe_ffn_hidden_size: Optional[int] = _f(None, "FFN size of each routed expert.")
+    moe_layer_freq: Union[int, List[int]] = _f(
+        1, "MoE layer pattern: N = every N-th layer, or a list of 0/1 per layer."
+    )
+    moe_first_k_dense: int = _f(
+        0, "Make the first K layers dense (LLaDA2.0: 1); overrides moe_layer_freq for those layers."
+    )
+    moe_router_topk: int = _f(2, "Experts per token.")
+    moe_router_score_function: str = _f(
+        "softmax", "Router score function.", choices=["softmax", "sigmoid"]
+    )
+    moe_router_enable_expert_bias: bool = _f(
+        False, "Aux-loss-free balancing: a per-expert bias used only for expert selection."
+    )
+    moe_router_bias_update_rate: float = _f(1e-3, "Update rate of the expert bias.")
+    moe_router_topk_scaling_factor: Optional[float] = _f(
+        None, "Scale of the combine weights (LLaDA2.0: 2.5)."
+    )
+    moe_router_num_groups: Optional[int] = _f(None, "Expert groups for group-limited routing.")
+    moe_router_group_topk: Optional[int] = _f(None, "Groups selected per token.")
+    moe_router_pre_softmax: bool = _f(False, "Softmax before top-k (softmax router only).")
+    moe_router_dtype: Optional[str] = _f("fp32", "Router compute dtype.", choices=["fp32", "fp64"])
+    moe_router_load_balancing_type: str = _f(
+        "aux_loss", "Balancing loss.", choices=["aux_loss", "seq_aux_loss", "none"]
+    )
+    moe_aux_loss_coeff: float = _f(0.0, "Coefficient of the load-balancing loss.")
+    moe_z_loss_coeff: Optional[float] = _f(None, "Coefficient of the router z-loss.")
+    moe_shared_expert_intermediate_size: Optional[int] = _f(
+        None, "FFN size of the shared expert (None: no shared expert)."
+    )
+    moe_token_dispatcher_type: str = _f(
+        "alltoall", "Token dispatcher.", choices=["alltoall", "allgather", "flex"]
+    )
+    moe_grouped_gemm: bool = _f(False, "Grouped GEMM experts (GPU with TE only).")
+
+    @property
+    def is_moe(self) -> bool:
+        return bool(self.num_experts)
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    @property
+    def query_groups(self) -> int:
+        return self.num_query_groups or self.num_attention_heads
+
+    def moe_layer_pattern(self) -> Optional[List[int]]:
+        """0/1 per layer (1 = MoE), or None for a dense model."""
+        if not self.is_moe:
+            return None
+        if isinstance(self.moe_layer_freq, int):
+            pattern = [1 if i % self.moe_layer_freq == 0 else 0 for i in range(self.num_layers)]
+        else:
+            pattern = list(self.moe_layer_freq)
+        for i in range(min(self.moe_first_k_dense, self.num_layers)):
+            pattern[i] = 0
+        return pattern
+
+    def padded_vocab_size(self, tensor_model_parallel_size: int = 1) -> int:
+        """Vocabulary padded as Megatron-LM pads it (multiple of divisor x TP)."""
+        multiple = self.make_vocab_size_divisible_by * tensor_model_parallel_size
+        return -(-self.vocab_size // multiple) * multiple
+
+
+@dataclass
+class ParallelConfig:
+    """Parallel layout; data parallelism is what is left of the world size."""
+
+    tensor_model_parallel_size: int = _f(1, "Tensor-parallel size (TP).")
+    pipeline_model_parallel_size: int = _f(1, "Pipeline-parallel size (PP).")
+    virtual_pipeline_model_parallel_size: Optional[int] = _f(
+        None, "Virtual pipeline stages per rank (interleaved schedule)."
+    )
+    expert_model_parallel_size: int = _f(1, "Expert-parallel size (EP).")
+    expert_tensor_parallel_size: Optional[int] = _f(
+        None, "Tensor-parallel size inside experts (default: TP)."
+    )
+    context_parallel_size: int = _f(1, "Context-parallel size (not supported yet: 1).")
+    sequence_parallel: bool = _f(False, "Sequence parallelism (required for MoE with TP > 1).")
+
+    def data_parallel_size(self, world_size: int) -> int:
+        model_parallel = (
+            self.tensor_model_parallel_size
+            * self.pipeline_model_parallel_size
+            * self.context_parallel_size
+        )
+        return world_size // model_parallel
+
+
+def validate(model: ModelConfig, parallel: ParallelConfig, world_size: Optional[int] = None) -> None:
+    """Check a model / parallel configuration before any compute; raise ConfigError naming the fix."""
+    tp = parallel.tensor_model_parallel_size
+    pp = parallel.pipeline_model_parallel_size
+    ep = parallel.expert_model_parallel_size
+    for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size",
+                 "expert_model_parallel_size", "context_parallel_size"):
+        if getattr(parallel, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+    if parallel.context_parallel_size != 1:
+        raise ConfigError("context parallelism is not supported yet: use --context-parallel-size 1")
+    if model.num_attention_heads % tp:
+        raise ConfigError(
+            f"--num-attention-heads {model.num_attention_heads} is not divisible by "
+            f"--tensor-model-parallel-size {tp}: choose a TP size that divides the head count"
+        )
+    if model.query_groups % tp:
+        raise ConfigError(
+            f"--num-query-groups {model.query_groups} is not divisible by "
+            f"--tensor-model-parallel-size {tp}: choose a TP size that divides the KV head count"
+        )
+    if model.num_attention_heads % model.query_groups:
+        raise ConfigError(
+            f"--num-attention-heads {model.num_attention_heads} is not a multiple of "
+            f"--num-query-groups {model.query_groups}"
+        )
+    if model.num_layers % pp:
+        raise ConfigError(
+            f"--num-layers {model.num_layers} is not divisible by "
+            f"--pipeline-model-parallel-size {pp}: choose a PP size that divides the layer count"
+        )
+    vpp = parallel.virtual_pipeline_model_parallel_size
+    if vpp is not None and model.num_layers % (pp * vpp):
+        raise ConfigError(
+            f"--num-layers {model.num_layers} is not divisible by PP x virtual stages = {pp * vpp}"
+        )
+    ffn = model.ffn_hidden_size or 4 * model.hidden_size
+    if ffn % tp:
+        raise ConfigError(f"--ffn-hidden-size {ffn} is not divisible by TP {tp}")
+    if not 0.0 < model.rotary_percent <= 1.0:
+        raise ConfigError("--rotary-percent must be in (0, 1]")
+    if model.is_moe:
+        if model.num_experts % ep:
+            raise ConfigError(
+                f"--num-experts {model.num_experts} is not divisible by "
+                f"--expert-model-parallel-size {ep}: choose an EP size that divides the expert count"
+            )
+        if model.moe_router_topk > model.num_experts:
+            raise ConfigError("--moe-router-topk exceeds --num-experts")
+        if model.moe_router_num_groups:
+            if model.num_experts % model.moe_router_num_groups:
+                raise ConfigError("--num-experts must be divisible by --moe-router-num-groups")
+            if not model.moe_router_group_topk:
+                raise ConfigError("--moe-router-num-groups needs --moe-router-group-topk")
+        if model.moe_router_enable_expert_bias and model.moe_router_score_function != "sigmoid":
+            raise ConfigError("--moe-router-enable-expert-bias needs --moe-router-score-function sigmoid")
+        if isinstance(model.moe_layer_freq, list) and len(model.moe_layer_freq) != model.num_layers:
+            raise ConfigError("--moe-layer-freq as a list needs one 0/1 entry per layer")
+        if tp > 1 and not parallel.sequence_parallel:
+            raise ConfigError(
+                "MoE with --tensor-model-parallel-size > 1 needs --sequence-parallel (Megatron-Core)"
+            )
+        if model.add_bias_linear:
+            raise ConfigError("MoE models need --disable-bias-linear (add_bias_linear=False)")
+    if world_size is not None:
+        model_parallel = tp * pp * parallel.context_parallel_size
+        if world_size % model_parallel:
+            raise ConfigError(
+                f"world size {world_size} is not divisible by TP x PP x CP = {model_parallel}"
+            )
+        etp = parallel.expert_tensor_parallel_size or tp
+        if world_size % (ep * etp * pp):
+            raise ConfigError(
+                f"world size {world_size} is not divisible by EP x expert-TP x PP = {ep * etp * pp}"
+            )
+
+
+def replace(cfg, **changes):
+    """dataclasses.replace re-exported for callers that build variants of a config."""
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,59 @@
+"""Megatron-Core GPTModel with RoPE taken from explicit position ids.
+
+Megatron-Core's ``GPTModel`` derives RoPE from the sequence length (positions 0..s-1) and ignores
+``position_ids``. The block-diffusion layout ``[xt ; x0]`` needs both halves at positions 0..L-1
+(DESIGN.md invariant 7), and decoding with a KV cache needs offsets; so this subclass feeds the
+rotary table with the ``position_ids`` passed to ``forward``. Everything else is the stock model.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+from megatron.core.models.gpt import GPTModel
+
+
+class PositionedRotaryEmbedding(RotaryEmbedding):
+    """RotaryEmbedding that looks positions up in its table instead of assuming 0..s-1.
+
+    ``positions`` (``[b, s]`` long, batch-first) is set by :class:`DiffusionGPTModel` around each
+    forward; when it is None the stock behaviour is used. Returns ``[s, b, 1, rot_dim]``, which
+    Megatron's unfused RoPE broadcasts over heads. ``table_len`` bounds the largest position.
+    """
+
+    positions: Optional[torch.Tensor] = None
+    table_len: int = 0
+
+    def forward(self, max_seq_len: int, offset: int = 0, packed_seq: bool = False, cp_group=None):
+        positions = self.positions
+        if positions is None:
+            return super().forward(max_seq_len, offset, packed_seq, cp_group)
+        if positions.shape[-1] != max_seq_len:
+            raise ValueError(
+                f"position_ids cover {positions.shape[-1]} tokens but the model sees {max_seq_len}"
+            )
+        table = super().forward(self.table_len)[:, 0, 0, :]  # [T, rot_dim]
+        return table[positions.transpose(0, 1).to(table.device)].unsqueeze(2)
+
+
+class DiffusionGPTModel(GPTModel):
+    """GPTModel whose RoPE honours ``position_ids`` (both halves of ``[xt ; x0]`` at 0..L-1)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.position_embedding_type != "rope":
+            raise ValueError("DiffusionGPTModel supports rope position embeddings only")
+        # Same state, same buffers: only forward() differs, so the checkpoint layout stays stock.
+        self.rotary_pos_emb.__class__ = PositionedRotaryEmbedding
+        self.rotary_pos_emb.table_len = self.max_sequence_length
+
+    def forward(self, input_ids, position_ids, attention_mask, *args, **kwargs):
+        """Stock GPTModel.forward; ``position_ids [b, s]`` also drive RoPE when given."""
+        rope = self.rotary_pos_emb
+        rope.positions = position_ids
+        try:
+            return super().forward(input_ids, position_ids, attention_mask, *args, **kwargs)
+        finally:
+            rope.positions = None

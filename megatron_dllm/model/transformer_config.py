@@ -1,0 +1,91 @@
+"""Adapter from our typed configs to Megatron-Core's ``TransformerConfig``.
+
+The one place that knows ``TransformerConfig``'s field names (they change between megatron-core
+releases, DESIGN.md decision 1): a later upgrade edits this file.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_dllm.config import ModelConfig, ParallelConfig
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def to_transformer_config(
+    model: ModelConfig,
+    parallel: ParallelConfig,
+    *,
+    dtype: str = "fp32",
+    use_cpu_initialization: bool = True,
+    perform_initialization: bool = True,
+) -> TransformerConfig:
+    """Build the Megatron-Core TransformerConfig for ``model`` under ``parallel``.
+
+    ``dtype`` is the compute / parameter dtype: 'fp32' (CPU), 'bf16' (GPU mixed precision).
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
+    kwargs = dict(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        ffn_hidden_size=model.ffn_hidden_size or 4 * model.hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.query_groups,
+        kv_channels=model.head_dim,
+        normalization=model.normalization,
+        layernorm_epsilon=model.norm_epsilon,
+        qk_layernorm=model.qk_layernorm,
+        gated_linear_unit=model.swiglu,
+        activation_func=F.silu if model.swiglu else F.gelu,
+        add_bias_linear=model.add_bias_linear,
+        init_method_std=model.init_method_std,
+        hidden_dropout=model.hidden_dropout,
+        attention_dropout=model.attention_dropout,
+        rotary_interleaved=False,
+        apply_rope_fusion=False,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
+        expert_model_parallel_size=parallel.expert_model_parallel_size,
+        expert_tensor_parallel_size=parallel.expert_tensor_parallel_size,
+        context_parallel_size=parallel.context_parallel_size,
+        sequence_parallel=parallel.sequence_parallel,
+        params_dtype=_DTYPES[dtype],
+        pipeline_dtype=_DTYPES[dtype],
+        bf16=dtype == "bf16",
+        fp16=dtype == "fp16",
+        use_cpu_initialization=use_cpu_initialization,
+        perform_initialization=perform_initialization,
+    )
+    if model.is_moe:
+        kwargs.update(
+            num_moe_experts=model.num_experts,
+            moe_ffn_hidden_size=model.moe_ffn_hidden_size or kwargs["ffn_hidden_size"],
+            moe_layer_freq=model.moe_layer_pattern(),
+            moe_router_topk=model.moe_router_topk,
+            moe_router_score_function=model.moe_router_score_function,
+            moe_router_enable_expert_bias=model.moe_router_enable_expert_bias,
+            moe_router_bias_update_rate=model.moe_router_bias_update_rate,
+            moe_router_topk_scaling_factor=model.moe_router_topk_scaling_factor,
+            moe_router_num_groups=model.moe_router_num_groups,
+            moe_router_group_topk=model.moe_router_group_topk,
+            moe_router_pre_softmax=model.moe_router_pre_softmax,
+            moe_router_dtype=model.moe_router_dtype,
+            moe_router_load_balancing_type=model.moe_router_load_balancing_type,
+            moe_aux_loss_coeff=model.moe_aux_loss_coeff,
+            moe_z_loss_coeff=model.moe_z_loss_coeff,
+            moe_shared_expert_intermediate_size=model.moe_shared_expert_intermediate_size,
+            moe_token_dispatcher_type=model.moe_token_dispatcher_type,
+            moe_grouped_gemm=model.moe_grouped_gemm,
+            moe_permute_fusion=False,
+        )
+    return TransformerConfig(**kwargs)

@@ -20,12 +20,14 @@ All backends compute the same function; tests compare them with a float64 refere
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from megatron.core import tensor_parallel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 
@@ -180,8 +182,16 @@ class DiffusionCoreAttention(MegatronModule):
                 rep = q.shape[1] // k.shape[1]
                 k = k.repeat_interleave(rep, dim=1)
                 v = v.repeat_interleave(rep, dim=1)
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=self.softmax_scale
+            # Dropout inside the TP region draws from the model-parallel RNG stream, as Megatron does.
+            rng = (
+                tensor_parallel.get_cuda_rng_tracker().fork()
+                if dropout and not self.config.sequence_parallel
+                else contextlib.nullcontext()
             )
+            with rng:
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
+                    scale=self.softmax_scale,
+                )
         # [b, h, s, d] -> [s, b, h * d]
         return out.permute(2, 0, 1, 3).reshape(sq, b, np_ * hn)

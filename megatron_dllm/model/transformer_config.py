@@ -65,6 +65,9 @@ def to_transformer_config(
         fp16=dtype == "fp16",
         use_cpu_initialization=use_cpu_initialization,
         perform_initialization=perform_initialization,
+        # Our loss contract is (loss sum, token count); DDP reads this at construction to sum
+        # (not average) gradients over data-parallel ranks before the per-token normalisation.
+        calculate_per_token_loss=True,
     )
     if model.is_moe:
         kwargs.update(

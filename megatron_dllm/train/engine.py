@@ -1,0 +1,119 @@
+"""Megatron-Core training machinery, wired once: DDP, the (distributed) optimizer, pipeline schedules.
+
+``train_step`` runs one optimizer step over ``num_microbatches`` micro-batches with
+``get_forward_backward_func`` (1F1B / interleaved when PP > 1). The loss contract is Megatron's
+per-token one: a forward step's loss function returns ``(loss_sum, num_tokens, report)`` and the
+framework normalises gradients by the token count summed over micro-batches and data-parallel ranks
+(``calculate_per_token_loss``), so the loss is the mean over every loss token of the global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import (
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,
+)
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+
+def wrap_ddp(chunks: List[torch.nn.Module], *, use_distributed_optimizer: bool = False,
+             overlap_grad_reduce: bool = False) -> List[DistributedDataParallel]:
+    """Wrap model chunks in Megatron-Core DDP with fp32 gradient buffers."""
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=overlap_grad_reduce,
+        use_distributed_optimizer=use_distributed_optimizer,
+        check_for_nan_in_grad=False,
+        bucket_size=None,
+    )
+    wrapped = []
+    for i, chunk in enumerate(chunks):
+        wrapped.append(
+            DistributedDataParallel(
+                config=chunk.config,
+                ddp_config=ddp_config,
+                module=chunk,
+                # Bucketing only pays off with overlap; chunk 0 of interleaved PP is bucketed as usual.
+                disable_bucketing=(i > 0) or not overlap_grad_reduce,
+            )
+        )
+    return wrapped
+
+
+def build_optimizer(model: List[DistributedDataParallel], opt_config: OptimizerConfig):
+    """Megatron's optimizer (distributed when ``opt_config.use_distributed_optimizer``), hooked up."""
+    optimizer = get_megatron_optimizer(opt_config, model)
+    config = model[0].config
+    if not config.calculate_per_token_loss:
+        raise ValueError("the model config must set calculate_per_token_loss before DDP wrapping")
+    config.finalize_model_grads_func = finalize_model_grads
+    config.grad_scale_func = optimizer.scale_loss
+    config.no_sync_func = [m.no_sync for m in model]
+    if len(model) == 1:
+        config.no_sync_func = config.no_sync_func[0]
+    return optimizer
+
+
+def train_step(
+    forward_step_func: Callable,
+    data_iterator,
+    model: List[DistributedDataParallel],
+    optimizer,
+    *,
+    num_microbatches: int,
+    seq_length: int,
+    micro_batch_size: int,
+    forward_only: bool = False,
+) -> Tuple[List[Dict], Optional[float], bool]:
+    """One step: forward/backward over all micro-batches, then the optimizer update.
+
+    ``seq_length`` is the model-input length of this step (2L in block-diffusion phases), used by the
+    pipeline schedule to size the activations it sends between stages. Returns the per-micro-batch
+    reports of the last pipeline stage (empty elsewhere), the gradient norm (None when
+    ``forward_only``) and whether the update was applied.
+    """
+    if not forward_only:
+        for chunk in model:
+            chunk.zero_grad_buffer()
+        optimizer.zero_grad()
+    forward_backward = get_forward_backward_func()
+    reports = forward_backward(
+        forward_step_func=forward_step_func,
+        data_iterator=data_iterator,
+        model=model if len(model) > 1 else model[0],
+        num_microbatches=num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )
+    if forward_only:
+        return reports, None, False
+    update_successful, grad_norm, _ = optimizer.step()
+    return reports, grad_norm, bool(update_successful)
+
+
+def reduce_reports(reports: List[Dict], keys=("loss_sum", "num_tokens")) -> Dict[str, float]:
+    """Sum report entries over micro-batches and data-parallel ranks, broadcast from the last stage.
+
+    Every rank gets the same numbers (PP stages other than the last contribute zeros).
+    """
+    sums = torch.zeros(len(keys), dtype=torch.float64)
+    for report in reports:
+        for i, key in enumerate(keys):
+            sums[i] += float(report[key])
+    group = parallel_state.get_data_parallel_group()
+    torch.distributed.all_reduce(sums, group=group)
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        torch.distributed.all_reduce(sums, group=parallel_state.get_pipeline_model_parallel_group())
+    return {key: sums[i].item() for i, key in enumerate(keys)}
+
+
+def microbatch_iterator(batches: List[Dict]) -> Iterator[Dict]:
+    """An iterator over prepared micro-batches (what Megatron's schedules call data_iterator)."""
+    return iter(batches)

@@ -254,5 +254,6 @@ class BlockSchedule:
         for seg in self.segments:
             end = "inf" if seg.end_token is None else f"{seg.end_token:,}"
             layout = "BD [xt;x0]" if seg.block_size < self.seq_len else "MDLM [xt]"
-            lines.append(f"  {seg.phase:<7} block {seg.block_size:>6}  tokens [{seg.start_token:,}, {end})  {layout}")
+            lines.append(f"  {seg.phase:<7} block {seg.block_size:>6}  "
+                         f"tokens [{seg.start_token:,}, {end})  {layout}")
         return "\n".join(lines)

@@ -42,9 +42,8 @@ class LossOutput:
         correct: 0-dim int64, of those, positions whose prediction equals the target; None when
             no predictions were passed. Accuracy = correct / num_noised.
         bucket_loss_sum: [n_buckets] float32, unweighted CE summed over noised tokens whose t falls
-            in bucket k = (k/n, (k+1)/n]; detached, for logging. None for ``ar_loss``-style callers
-            that pass num_buckets=0.
-        bucket_count: [n_buckets] int64, tokens in each bucket.
+            in bucket k = (k/n, (k+1)/n]; detached, for logging. None when num_buckets=0 (ar_loss).
+        bucket_count: [n_buckets] int64, tokens in each bucket (None when num_buckets=0).
     """
 
     loss_sum: torch.Tensor
@@ -82,9 +81,13 @@ def _as_bool(mask: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
 
 
 def t_buckets(t: torch.Tensor, num_buckets: int) -> torch.Tensor:
-    """Bucket index of t for ``num_buckets`` equal buckets on (0, 1]: k with k/n < t <= (k+1)/n."""
-    k = torch.ceil(t.float() * num_buckets).long() - 1
-    return k.clamp(0, num_buckets - 1)
+    """Bucket index of t for ``num_buckets`` equal buckets on (0, 1]: k with k/n < t <= (k+1)/n.
+
+    Edges are compared in float32 (a t stored as float32(0.4) lies in the bucket ending at 0.4).
+    """
+    edges = torch.tensor([k / num_buckets for k in range(1, num_buckets)], dtype=torch.float32,
+                         device=t.device)
+    return torch.bucketize(t.float().contiguous(), edges, right=False)
 
 
 def diffusion_loss(per_token_ce: torch.Tensor, noise_mask: torch.Tensor, t_per_token: torch.Tensor,

@@ -8,27 +8,31 @@ clamped: the sampler draws it inside its interval.
 All tensors are batch-first: ``x0 [B, L]``. Randomness comes only from explicit ``torch.Generator``
 objects; nothing here touches the global RNG, and nothing synchronises with the device.
 
-Samplers of t (``NoiseConfig.sampling``), over N draws that form one stratification group:
+Samplers of t (``NoiseConfig.sampling``), over the N draws of one stratification group, draw i:
 
 * ``"iid"``: u_i ~ U[0, 1) independently.
-* ``"antithetic"``: MDLM / BD3-LM ``antithetic_sampling`` (METHOD.md 2.3):
-  u_i = (i + v_i) / N with v_i ~ U[0, 1) independent, i.e. exactly one draw per stratum
-  [i/N, (i+1)/N).
-* ``"stratified"``: evenly spaced with one random offset shared by the group (systematic sampling,
-  as LLaDA's log-likelihood evaluation spaces its mask counts): u_i = (i + v) / N.
+* ``"antithetic"``: MDLM / BD3-LM ``antithetic_sampling`` (METHOD.md 2.3), one draw per stratum:
+  u_i = (((i + r) mod N) + v_i) / N with jitters v_i ~ U[0, 1) independent.
+* ``"stratified"``: evenly spaced (systematic sampling, as LLaDA's log-likelihood evaluation spaces
+  its mask counts): u_i = (((i + r) mod N) + v) / N with one jitter v for the group.
+
+r, uniform on {0, ..., N-1}, rotates the assignment of draws to strata and is shared by the group.
+MDLM / BD3-LM have no rotation, so draw i always lands in [i/N, (i+1)/N): the row at a given batch
+position, or block k of every sequence, would then always see the same range of t, which biases
+the loss unless data order is random. With the rotation every draw is marginally U[0, 1) whatever
+its index, and the N draws still hold one per stratum (the variance reduction stays).
 
 Then t = lo + (hi - lo) * u with [lo, hi] = [eps, 1] or the band. With ``granularity="block"`` every
-block of a sequence has its own t (BD3-LM); draw i of sample j, block k is i = k * n + j (blocks of
-a sample spread over the whole range).
+block of a sequence has its own t (BD3-LM); draw (sample j, block k) has index i = k * n + j, so the
+blocks of one sequence are spread evenly over the range of t.
 
 Deterministic noise for distributed training (DESIGN.md decision 7): ``apply_noise_per_sample``
 derives each row's randomness from ``noise_generator(seed, global_sample_index, iteration)``, so
 the noise of a sample depends on nothing but those three integers (not on the micro-batch size, the
 row's position, the rank, or the device). Stratification groups are defined on global sample
-indices: sample s has stratum j = s mod n and group g = s // n, with n = ``NoiseConfig.num_strata``
-(set it to the global batch size). "antithetic" jitters each sample inside its stratum with the
-sample's own generator; "stratified" takes the shared offset from
-``noise_generator(seed, g, iteration, stream=STREAM_GROUP)``.
+indices: sample s has j = s mod n in group g = s // n, with n = ``NoiseConfig.num_strata`` (set it
+to the global batch size). Jitters come from the sample's own generator; the rotation r (and the
+shared jitter of "stratified") from ``noise_generator(seed, g, iteration, stream=STREAM_GROUP)``.
 """
 
 from __future__ import annotations
@@ -38,13 +42,11 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .seeding import STREAM_GROUP, STREAM_SAMPLE, mix_seed, noise_generator  # noqa: F401 (re-export)
+
 SAMPLINGS = ("iid", "antithetic", "stratified")
 GRANULARITIES = ("sequence", "block")
 
-STREAM_SAMPLE = 0  # generator stream for one sample's own draws
-STREAM_GROUP = 1  # generator stream for the shared offset of a stratification group
-
-_MASK64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -112,54 +114,13 @@ class NoiseResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# Seeds and generators
-
-
-def _splitmix64(x: int) -> int:
-    """One step of SplitMix64 (Steele et al. 2014): a bijective 64-bit mixer."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def mix_seed(seed: int, sample_index: int, iteration: int, stream: int = STREAM_SAMPLE) -> int:
-    """Combine four non-negative integers into a 63-bit seed, stable across Python versions.
-
-    h = splitmix64(splitmix64(splitmix64(splitmix64(stream) ^ seed) ^ sample_index) ^ iteration),
-    then the top bit is dropped. Python's ``hash()`` is not used (it is salted for str and not a
-    good mixer for int).
-    """
-    h = 0
-    for name, value in (("stream", stream), ("seed", seed), ("sample_index", sample_index),
-                        ("iteration", iteration)):
-        value = int(value)
-        if not 0 <= value <= _MASK64:
-            raise ValueError(f"mix_seed: {name} must be an integer in [0, 2**64), got {value}")
-        h = _splitmix64(h ^ value)
-    return h >> 1
-
-
-def noise_generator(seed: int, sample_index: int, iteration: int, stream: int = STREAM_SAMPLE,
-                    device: Union[str, torch.device] = "cpu") -> torch.Generator:
-    """A generator seeded by ``mix_seed(seed, sample_index, iteration, stream)``.
-
-    The default CPU generator makes the noise identical on every device type; draw on CPU and move
-    the (small) uniform tensors to the device.
-    """
-    gen = torch.Generator(device=device)
-    gen.manual_seed(mix_seed(seed, sample_index, iteration, stream))
-    return gen
-
-
-# ---------------------------------------------------------------------------------------------
 # t samplers
 
 
-def _stratify(index: torch.Tensor, n: int, offset: torch.Tensor) -> torch.Tensor:
-    """(index + offset) / n, guarded so float rounding keeps the result in [0, 1)."""
-    out = (index.to(offset.dtype) + offset) / n
-    return torch.clamp(out, max=1.0 - torch.finfo(out.dtype).eps)
+def _stratify(index: torch.Tensor, n: int, jitter: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """((index + rotation) mod n + jitter) / n, computed in float64, returned as float32."""
+    stratum = torch.remainder(index + rotation, n)
+    return ((stratum.double() + jitter.double()) / n).float()
 
 
 def _to_t(u: torch.Tensor, cfg: NoiseConfig) -> torch.Tensor:
@@ -179,8 +140,8 @@ def sample_t(batch: int, num_blocks: int, cfg: NoiseConfig, generator: torch.Gen
         device: where the result goes (default: the generator's device).
 
     Returns:
-        t: float32 [B] (sequence granularity) or [B, K] (block granularity), in [lo, hi).
-        Draw (b, k) has stratum index i = k * B + b.
+        t: float32 [B] (sequence granularity) or [B, K] (block granularity), in [lo, hi].
+        Draw (b, k) has index i = k * B + b in the module docstring's formulas.
     """
     if cfg.granularity == "sequence" and num_blocks != 1:
         raise ValueError(f"sample_t: granularity 'sequence' needs num_blocks == 1, got {num_blocks}")
@@ -190,18 +151,19 @@ def sample_t(batch: int, num_blocks: int, cfg: NoiseConfig, generator: torch.Gen
         u = torch.rand(num_blocks, batch, generator=generator, device=gdev)
     else:
         index = torch.arange(n, device=gdev).view(num_blocks, batch)
-        shape = (num_blocks, batch) if cfg.sampling == "antithetic" else (1, 1)
-        offset = torch.rand(shape, generator=generator, device=gdev)
-        u = _stratify(index, n, offset)
+        rotation = torch.randint(0, n, (1,), generator=generator, device=gdev)
+        shape = (num_blocks, batch) if cfg.sampling == "antithetic" else (1,)
+        jitter = torch.rand(shape, generator=generator, device=gdev)
+        u = _stratify(index, n, jitter, rotation)
     t = _to_t(u.t().contiguous(), cfg)
     if device is not None:
-        t = t.to(device)
+        t = _to_device(t, torch.device(device))
     return t if cfg.granularity == "block" else t[:, 0]
 
 
 def _sample_t_one(sample_index: int, num_blocks: int, cfg: NoiseConfig, seed: int, iteration: int,
                   generator: torch.Generator) -> torch.Tensor:
-    """t [K] (CPU) for one sample, drawn from its own generator (and its group's, if stratified)."""
+    """t [K] (CPU) for one sample: jitter from its own generator, rotation from its group's."""
     if cfg.sampling == "iid":
         return _to_t(torch.rand(num_blocks, generator=generator), cfg)
     if cfg.num_strata is None:
@@ -212,12 +174,13 @@ def _sample_t_one(sample_index: int, num_blocks: int, cfg: NoiseConfig, seed: in
     n = cfg.num_strata
     stratum, group = sample_index % n, sample_index // n
     index = torch.arange(num_blocks) * n + stratum
+    group_gen = noise_generator(seed, group, iteration, stream=STREAM_GROUP)
+    rotation = torch.randint(0, n * num_blocks, (1,), generator=group_gen)
     if cfg.sampling == "antithetic":
-        offset = torch.rand(num_blocks, generator=generator)
+        jitter = torch.rand(num_blocks, generator=generator)
     else:
-        group_gen = noise_generator(seed, group, iteration, stream=STREAM_GROUP)
-        offset = torch.rand(1, generator=group_gen)
-    return _to_t(_stratify(index, n * num_blocks, offset), cfg)
+        jitter = torch.rand(1, generator=group_gen)
+    return _to_t(_stratify(index, n * num_blocks, jitter, rotation), cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,13 +205,23 @@ def expand_t(t: torch.Tensor, seq_len: int, block_size: Optional[int] = None) ->
     return t.repeat_interleave(block_size, dim=1)
 
 
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy CPU draws to the device without blocking the host (pinned, non_blocking on CUDA)."""
+    if x.device == device:
+        return x
+    if x.device.type == "cpu" and device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 def _noise_from_uniform(x0: torch.Tensor, u: torch.Tensor, t_tok: torch.Tensor, mask_token_id: int,
                         loss_mask: Optional[torch.Tensor]) -> NoiseResult:
-    noise_mask = u.to(x0.device) < t_tok.to(x0.device)
+    t_tok = _to_device(t_tok.contiguous(), x0.device)
+    noise_mask = _to_device(u, x0.device) < t_tok
     if loss_mask is not None:
         noise_mask = noise_mask & loss_mask.to(device=x0.device, dtype=torch.bool)
     xt = torch.where(noise_mask, torch.full_like(x0, mask_token_id), x0)
-    return NoiseResult(xt=xt, noise_mask=noise_mask, t_per_token=t_tok.to(x0.device))
+    return NoiseResult(xt=xt, noise_mask=noise_mask, t_per_token=t_tok)
 
 
 def apply_noise(x0: torch.Tensor, t: torch.Tensor, mask_token_id: int,
@@ -280,10 +253,11 @@ def apply_noise_per_sample(x0: torch.Tensor, sample_indices: Union[Sequence[int]
                            block_size: Optional[int] = None) -> NoiseResult:
     """Noise every row from its own generator: deterministic per (seed, sample index, iteration).
 
-    Row r uses ``noise_generator(seed, sample_indices[r], iteration)``: first K draws for t (K = 1,
-    or L // block_size for block granularity), then L uniforms for the mask. So the noise of a
-    sample does not depend on which other samples share its micro-batch, on its row, on the rank,
-    or on the device. Random numbers are drawn on CPU and copied to x0's device once.
+    Row r uses ``noise_generator(seed, sample_indices[r], iteration)``: first its K draws for t
+    (K = 1, or L // block_size for block granularity; none for "stratified", whose jitter is the
+    group's), then L uniforms for the mask. So the noise of a sample does not depend on which other
+    samples share its micro-batch, on its row, on the rank, or on the device. Random numbers are
+    drawn on CPU (a few microseconds per row) and copied to x0's device once, without blocking.
 
     Args:
         x0: [B, L] long, clean tokens (batch-first).

@@ -90,7 +90,8 @@ def test_block_diffusion_small_example():
 def test_masks_match_brute_force_random():
     for L, bs, docs in cases(25, seed=0):
         assert torch.equal(M.block_diffusion_mask(L, bs), ref_block_diffusion(L, bs)), (L, bs)
-        assert torch.equal(M.block_diffusion_mask(L, bs, docs), ref_block_diffusion(L, bs, docs)), (L, bs, docs)
+        assert torch.equal(M.block_diffusion_mask(L, bs, docs), ref_block_diffusion(L, bs, docs)), \
+            (L, bs, docs)
         assert torch.equal(M.bidirectional_mask(L, docs), ref_bidirectional(L, docs))
         assert torch.equal(M.bidirectional_mask(L), ref_bidirectional(L))
         assert torch.equal(M.block_causal_mask(L, bs, docs), ref_block_causal(L, bs, docs))
@@ -150,7 +151,8 @@ def test_cache_returns_same_object_and_keys_on_documents():
 
 
 def test_invalid_arguments():
-    with pytest.raises(ValueError, match=r"block_diffusion mask: block_size must be a positive divisor of seq_len=6, got 4"):
+    message = r"block_diffusion mask: block_size must be a positive divisor of seq_len=6, got 4"
+    with pytest.raises(ValueError, match=message):
         M.block_diffusion_mask(6, 4)
     with pytest.raises(ValueError, match=r"unknown mask kind 'causal'"):
         M.dense_mask("causal", 4, 1)

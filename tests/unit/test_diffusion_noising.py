@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from megatron_dllm.diffusion import noising as N
+from megatron_dllm.diffusion import seeding as S
 from megatron_dllm.diffusion.noising import NoiseConfig
 
 MASK = 99
@@ -22,28 +23,30 @@ def test_splitmix64_reference_vector():
     # First outputs of the reference SplitMix64 generator seeded with 0 (state += golden gamma each step).
     state, outs = 0, []
     for _ in range(3):
-        outs.append(N._splitmix64(state))
+        outs.append(S._splitmix64(state))
         state = (state + 0x9E3779B97F4A7C15) % 2**64
     assert outs == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
 
 
 def test_mix_seed_is_pinned_and_spreads():
     # pinned: changing these changes every run's noise (DESIGN.md decision 7)
-    s = N._splitmix64
+    s = S._splitmix64
     expected = s(s(s(s(0) ^ 1) ^ 2) ^ 3) >> 1
-    assert N.mix_seed(1, 2, 3) == expected
-    assert N.mix_seed(1, 2, 3) < 2**63
-    seeds = {N.mix_seed(a, b, c) for a in range(4) for b in range(8) for c in range(8)}
+    assert S.mix_seed(1, 2, 3) == expected == 735100177291612810
+    assert S.mix_seed(1234, 10**9, 77, stream=S.STREAM_GROUP) == 1596679867097520411
+    assert S.mix_seed(1, 2, 3) < 2**63
+    seeds = {S.mix_seed(a, b, c) for a in range(4) for b in range(8) for c in range(8)}
     assert len(seeds) == 4 * 8 * 8
-    assert N.mix_seed(1, 2, 3) != N.mix_seed(1, 3, 2)
-    assert N.mix_seed(1, 2, 3, stream=N.STREAM_GROUP) != N.mix_seed(1, 2, 3)
-    g1, g2 = N.noise_generator(1, 2, 3), N.noise_generator(1, 2, 3)
+    assert S.mix_seed(1, 2, 3) != S.mix_seed(1, 3, 2)
+    assert S.mix_seed(1, 2, 3, stream=S.STREAM_GROUP) != S.mix_seed(1, 2, 3)
+    g1, g2 = S.noise_generator(1, 2, 3), S.noise_generator(1, 2, 3)
     assert torch.equal(torch.rand(5, generator=g1), torch.rand(5, generator=g2))
 
 
 def test_mix_seed_rejects_negative():
-    with pytest.raises(ValueError, match=r"mix_seed: sample_index must be an integer in \[0, 2\*\*64\), got -1"):
-        N.mix_seed(0, -1, 0)
+    message = r"mix_seed: sample_index must be an integer in \[0, 2\*\*64\), got -1"
+    with pytest.raises(ValueError, match=message):
+        S.mix_seed(0, -1, 0)
 
 
 # ---- config ----
@@ -77,21 +80,52 @@ def test_sample_t_range_and_shape(sampling):
     assert (tb >= 0.3).all() and (tb <= 0.8).all()
 
 
+def circular_offsets(u, index, n):
+    """d_i = (n * u_i - index_i) mod n: where draw i sits relative to its own stratum."""
+    return torch.remainder(n * u.double() - index.double(), n)
+
+
+def circular_spread(d, n):
+    """Length of the shortest arc of the circle [0, n) that holds every point of d."""
+    s = d.flatten().sort().values
+    gaps = torch.cat([s[1:] - s[:-1], (s[:1] + n - s[-1:])])
+    return n - gaps.max().item()
+
+
 def test_sample_t_antithetic_one_draw_per_stratum():
     cfg = NoiseConfig(sampling="antithetic", granularity="block")
     B, K = 6, 3
     t = N.sample_t(B, K, cfg, gen(3))
-    u = (t - cfg.eps) / (1 - cfg.eps)
-    strata = torch.floor(u * B * K).long()
-    # draw (b, k) sits in stratum k * B + b
-    assert torch.equal(strata, torch.arange(B * K).view(K, B).t())
+    u = (t.double() - cfg.eps) / (1 - cfg.eps)
+    # draw (b, k) has index k * B + b and sits in stratum (index + r) mod N at jitter v: all offsets
+    # (r + v) lie within one stratum width of each other, and every stratum holds one draw
+    d = circular_offsets(u, torch.arange(B * K).view(K, B).t(), B * K)
+    assert circular_spread(d, B * K) < 1.0
+    assert torch.equal(torch.floor(u * B * K).flatten().sort().values, torch.arange(B * K).double())
 
 
 def test_sample_t_stratified_is_evenly_spaced():
     cfg = NoiseConfig(sampling="stratified")
-    t = N.sample_t(10, 1, cfg, gen(4)).double()
-    gaps = t[1:] - t[:-1]
-    torch.testing.assert_close(gaps, torch.full_like(gaps, (1 - cfg.eps) / 10), rtol=0, atol=1e-6)
+    n = 10
+    t = N.sample_t(n, 1, cfg, gen(4)).double()
+    u = (t - cfg.eps) / (1 - cfg.eps)
+    d = circular_offsets(u, torch.arange(n), n)
+    assert circular_spread(d, n) < 1e-5    # one shared offset
+    gaps = u.sort().values.diff()
+    torch.testing.assert_close(gaps, torch.full_like(gaps, 1 / n), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampling", ["antithetic", "stratified"])
+def test_sample_t_every_draw_is_marginally_uniform(sampling):
+    # the rotation makes the t of a fixed batch position uniform (MDLM's unrotated scheme would put
+    # row 0 always in the lowest stratum)
+    cfg = NoiseConfig(sampling=sampling, granularity="block")
+    g = gen(5)
+    n = 3000
+    u = torch.stack([N.sample_t(4, 2, cfg, g)[0, 1] for _ in range(n)]).double()
+    u = ((u - cfg.eps) / (1 - cfg.eps)).sort().values
+    ks = (torch.arange(1, n + 1, dtype=torch.float64) / n - u).abs().max().item()
+    assert ks < 1.63 / math.sqrt(n)   # 1 % critical value of the KS statistic
 
 
 def test_sample_t_granularity_mismatch():
@@ -190,15 +224,15 @@ def test_per_sample_strata_cover_the_group(sampling):
     cfg = NoiseConfig(sampling=sampling, granularity="block", num_strata=n)
     x0 = torch.zeros(n, L, dtype=torch.long)
     group = 3
-    res = N.apply_noise_per_sample(x0, list(range(group * n, (group + 1) * n)), 0, 7, cfg, MASK, None, L // K)
+    # the group's samples, given in a scrambled order: sample j = index mod n owns index k * n + j
+    order = [4, 0, 5, 2, 1, 3]
+    res = N.apply_noise_per_sample(x0, [group * n + j for j in order], 0, 7, cfg, MASK, None, L // K)
     t = res.t_per_token[:, :: L // K]  # [n, K]
     u = (t.double() - cfg.eps) / (1 - cfg.eps)
-    strata = torch.floor(u * n * K).long()
-    # sample j (= index mod n), block k sits in stratum k * n + j: every stratum exactly once
-    assert torch.equal(strata, (torch.arange(K)[None, :] * n + torch.arange(n)[:, None]))
-    if sampling == "stratified":
-        frac = u * n * K - strata
-        assert torch.allclose(frac, frac[0, 0].expand_as(frac), atol=1e-5)   # one shared offset
+    index = torch.arange(K)[None, :] * n + torch.tensor(order)[:, None]
+    d = circular_offsets(u, index, n * K)
+    assert circular_spread(d, n * K) < (1.0 if sampling == "antithetic" else 1e-5)
+    assert torch.equal(torch.floor(u * n * K).flatten().sort().values, torch.arange(n * K).double())
 
 
 def test_per_sample_errors():

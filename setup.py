@@ -21,6 +21,8 @@ setup(
     extras_require={
         # apex comes with the NGC PyTorch image; it is not on PyPI.
         "gpu": ["transformer-engine[pytorch]"],
-        "test": ["pytest>=7", "pytest-timeout"],
+        # HF tokenizer.json support (sentencepiece models need nothing extra)
+        "hf": ["tokenizers"],
+        "test": ["pytest>=7", "pytest-timeout", "tokenizers"],
     },
 )

@@ -151,6 +151,106 @@ class ParallelConfig:
         return world_size // model_parallel
 
 
+@dataclass
+class DiffusionConfig:
+    """The masked-diffusion recipe (flags ``--dllm-*``); METHOD.md sections 2-6."""
+
+    objective: str = _f(
+        "mdlm", "mdlm: full-sequence masked diffusion; bd: block diffusion following "
+        "--dllm-block-schedule; ar: causal AR baseline with next-token labels.",
+        choices=["mdlm", "bd", "ar"], flag="--dllm-objective")
+    block_schedule: Optional[str] = _f(
+        None, "Block-size curriculum (grammar in megatron_dllm.diffusion.curriculum), e.g. "
+        "'warmup:1@2M,4@2M;stable:L@20M;decay:32@2M'. Needed by --dllm-objective bd.",
+        flag="--dllm-block-schedule")
+    mask_token_id: Optional[int] = _f(
+        None, "Id of [MASK] (default: the tokenizer's '<|mask|>' token).", flag="--dllm-mask-token-id")
+    label_shift: bool = _f(
+        False, "Keep AR alignment: the logit at i predicts token i+1 (Dream style).",
+        flag="--dllm-label-shift")
+    t_eps: float = _f(1e-3, "t ~ U[eps, 1].", flag="--dllm-t-eps")
+    t_low: Optional[float] = _f(None, "Lower end of a t band (SFT: 0.3).", flag="--dllm-t-low")
+    t_high: Optional[float] = _f(None, "Upper end of a t band (SFT: 0.8).", flag="--dllm-t-high")
+    t_sampling: str = _f("antithetic", "How t is spread over the global batch.",
+                         choices=["iid", "antithetic", "stratified"], flag="--dllm-t-sampling")
+    t_granularity: str = _f("sequence", "One t per sequence or per block.",
+                            choices=["sequence", "block"], flag="--dllm-t-granularity")
+    loss_weight: str = _f("inv_t", "Weight of each noised token's CE: 1/t (ELBO) or none.",
+                          choices=["inv_t", "none"], flag="--dllm-loss-weight")
+    loss_norm: str = _f("all_tokens", "Normaliser: all loss tokens (LLaDA pre-training), noised "
+                        "tokens (dFactory), or per sequence (LLaDA SFT).",
+                        choices=["all_tokens", "masked_tokens", "sequence"], flag="--dllm-loss-norm")
+    embedding_noise_std: float = _f(
+        0.0, "Std of Gaussian noise added to the embedding output at [MASK] positions "
+        "(LLaDA2.0 stability trick for converted AR models; 0 = off).", flag="--dllm-embedding-noise-std")
+    embedding_noise_iters: int = _f(
+        0, "Apply the embedding noise during the first N iterations.", flag="--dllm-embedding-noise-iters")
+    attention_backend: str = _f("auto", "Core attention backend (auto: flex on CUDA, sdpa on CPU).",
+                                choices=["auto", "sdpa", "flex", "te"], flag="--dllm-attention-backend")
+    bd_micro_batch_size: Optional[int] = _f(
+        None, "Micro-batch size in block-diffusion phases (input is 2L); default --micro-batch-size.",
+        flag="--dllm-bd-micro-batch-size")
+    t_buckets: int = _f(5, "Number of t buckets for per-t loss logging.", flag="--dllm-t-buckets")
+    eval_t_points: int = _f(5, "Fixed stratified t values of the validation ELBO.",
+                            flag="--dllm-eval-t-points")
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, schedule and batch (Megatron-LM flag names)."""
+
+    micro_batch_size: int = _f(1, "Samples per micro-batch per data-parallel rank.")
+    global_batch_size: int = _f(8, "Samples per optimizer step over all data-parallel ranks.")
+    train_iters: Optional[int] = _f(None, "Optimizer steps to train.")
+    train_tokens: Optional[int] = _f(None, "Clean tokens to train (alternative to --train-iters).")
+    lr: float = _f(3e-4, "Peak learning rate.")
+    min_lr: float = _f(0.0, "Final learning rate.")
+    lr_decay_style: str = _f("cosine", "LR decay.", choices=["constant", "linear", "cosine",
+                                                             "inverse-square-root", "WSD"])
+    lr_warmup_iters: int = _f(0, "Linear LR warm-up steps.")
+    lr_decay_iters: Optional[int] = _f(None, "Steps over which the LR decays (default: train iters).")
+    lr_wsd_decay_iters: Optional[int] = _f(None, "Decay steps at the end of a WSD LR schedule.")
+    lr_wsd_decay_style: str = _f("exponential", "Shape of the WSD decay.",
+                                 choices=["linear", "cosine", "exponential", "minus_sqrt"])
+    weight_decay: float = _f(0.1, "AdamW weight decay.")
+    adam_beta1: float = _f(0.9, "Adam beta1.")
+    adam_beta2: float = _f(0.95, "Adam beta2.")
+    adam_eps: float = _f(1e-8, "Adam epsilon.")
+    clip_grad: float = _f(1.0, "Gradient clipping by global norm (0 = off).")
+    seed: int = _f(1234, "Random seed (weights, noise, data order).")
+    bf16: bool = _f(False, "bf16 mixed precision (GPU).")
+    use_distributed_optimizer: bool = _f(False, "Shard optimizer state over data-parallel ranks.")
+    overlap_grad_reduce: bool = _f(False, "Overlap the gradient reduce-scatter with backward.")
+    device: str = _f("auto", "cpu, cuda, or auto (cuda when present).", choices=["auto", "cpu", "cuda"])
+    eval_interval: Optional[int] = _f(None, "Validate every N steps (None: never).")
+    eval_iters: int = _f(2, "Validation batches per evaluation.")
+    exit_interval: Optional[int] = _f(None, "Save and exit after this many steps (testing, schedulers).")
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints: torch_dist (dist_checkpointing), atomic, resharding on load."""
+
+    save: Optional[str] = _f(None, "Directory to save checkpoints in.")
+    load: Optional[str] = _f(None, "Directory to resume from (its latest checkpoint).")
+    save_interval: Optional[int] = _f(None, "Save every N steps.")
+    keep_last: int = _f(3, "Keep the last K checkpoints (0 = keep all).", flag="--ckpt-keep-last")
+    no_load_optim: bool = _f(False, "Load model weights only; start a fresh optimizer.")
+    no_load_rng: bool = _f(False, "Do not restore RNG states.")
+    finetune: bool = _f(False, "Load weights only and restart at iteration 0 (fresh optimizer).")
+    exit_signal_handler: bool = _f(False, "On SIGTERM: save a checkpoint and exit 0 (preemption).")
+
+
+@dataclass
+class LoggingConfig:
+    """Console, TensorBoard and metrics.jsonl."""
+
+    log_interval: int = _f(10, "Print / record metrics every N steps.")
+    tensorboard_dir: Optional[str] = _f(None, "TensorBoard log directory.")
+    metrics_path: Optional[str] = _f(
+        None, "JSON-lines metrics file (default: <save or tensorboard-dir>/metrics.jsonl).")
+
+
 def validate(model: ModelConfig, parallel: ParallelConfig, world_size: Optional[int] = None) -> None:
     """Check a model / parallel configuration before any compute; raise ConfigError naming the fix."""
     tp = parallel.tensor_model_parallel_size

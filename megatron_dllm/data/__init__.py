@@ -1,1 +1,14 @@
-"""data package of megatron_dllm."""
+"""Data pipeline: tokenizers, preprocessing to Megatron .bin/.idx, same-position datasets over
+megatron.core.datasets, the global-batch sampler and batch assembly.
+
+Modules (import what you need; this package imports nothing heavy):
+    errors      DataError
+    config      DataConfig (Megatron-LM flag names)
+    tokenizer   load_tokenizer, require_mask_token
+    preprocess  preprocess_jsonl (behind tools/preprocess_data.py)
+    datasets    build_datasets (imports Megatron-Core)
+    sampler     GlobalBatchSampler
+    batch       collate, document_ids_from_eod
+    loader      micro_batch_loader (DataLoader over the sampler)
+    synthetic   tiny corpora and sentencepiece models for tests
+"""

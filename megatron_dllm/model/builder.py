@@ -13,6 +13,7 @@ from megatron.core import parallel_state
 
 from megatron_dllm.config import ModelConfig, ParallelConfig, validate
 from megatron_dllm.model.gpt_model import DiffusionGPTModel
+from megatron_dllm.model.init import reinitialize
 from megatron_dllm.model.specs import dllm_block_spec
 from megatron_dllm.model.transformer_config import to_transformer_config
 
@@ -26,12 +27,15 @@ def build_model(
     dtype: str = "fp32",
     vp_stage: Optional[int] = None,
     meta: bool = False,
+    init_seed: Optional[int] = None,
 ) -> DiffusionGPTModel:
     """One model chunk for this rank (the pipeline stage / virtual stage ``vp_stage``).
 
     ``causal=True`` builds the same architecture as a causal AR LM (the baseline and the source of
     conversions); otherwise attention takes explicit dLLM masks. ``meta=True`` allocates nothing
-    (parameter counting, memory planning).
+    (parameter counting, memory planning). ``init_seed`` re-initialises the weights as a function of
+    (seed, parameter name) only, so every parallel layout starts from the same model
+    (``model/init.py``); otherwise Megatron-Core's layout-dependent initialisation is kept.
     """
     validate(model_cfg, parallel_cfg)
     tconfig = to_transformer_config(
@@ -61,6 +65,8 @@ def build_model(
             rotary_base=model_cfg.rotary_base,
             vp_stage=vp_stage,
         )
+    if init_seed is not None and not meta:
+        reinitialize(model, init_seed, model_cfg.init_method_std, model_cfg.num_layers)
     return model
 
 

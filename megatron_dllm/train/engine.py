@@ -21,6 +21,8 @@ from megatron.core.distributed import (
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_dllm.platform.distributed import comm_device
+
 
 def wrap_ddp(chunks: List[torch.nn.Module], *, use_distributed_optimizer: bool = False,
              overlap_grad_reduce: bool = False) -> List[DistributedDataParallel]:
@@ -103,7 +105,7 @@ def reduce_reports(reports: List[Dict], keys=("loss_sum", "num_tokens")) -> Dict
 
     Every rank gets the same numbers (PP stages other than the last contribute zeros).
     """
-    sums = torch.zeros(len(keys), dtype=torch.float64)
+    sums = torch.zeros(len(keys), dtype=torch.float64, device=comm_device())
     for report in reports:
         for i, key in enumerate(keys):
             sums[i] += float(report[key])
@@ -111,6 +113,7 @@ def reduce_reports(reports: List[Dict], keys=("loss_sum", "num_tokens")) -> Dict
     torch.distributed.all_reduce(sums, group=group)
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         torch.distributed.all_reduce(sums, group=parallel_state.get_pipeline_model_parallel_group())
+    sums = sums.cpu()
     return {key: sums[i].item() for i, key in enumerate(keys)}
 
 

@@ -1,0 +1,57 @@
+"""Entry point: ``torchrun --nproc-per-node N -m megatron_dllm.pretrain [flags]`` (or one plain process).
+
+Flags: ``python -m megatron_dllm.pretrain --help``. Bad input exits 2 with a one-line error before any
+compute; SIGTERM with ``--exit-signal-handler`` saves and exits 0.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+
+def main(argv=None) -> int:
+    warnings.filterwarnings("ignore", category=UserWarning)
+    from megatron_dllm.arguments import parse_args
+    from megatron_dllm.config import ConfigError
+    from megatron_dllm.data.errors import DataError
+
+    try:
+        run = parse_args(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from megatron_dllm.platform.device import setup_device
+    from megatron_dllm.platform.distributed import init_process_group, teardown
+    from megatron_dllm.train.preflight import check_run
+
+    try:
+        device = setup_device(run.training.device)
+    except (RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    init_process_group(device)
+    import torch.distributed as dist
+
+    rank0 = dist.get_rank() == 0
+    try:
+        check_run(run, dist.get_world_size())
+        from megatron_dllm.train.loop import train
+        from megatron_dllm.train.setup import setup_run
+
+        setup = setup_run(run, device)
+    except (ConfigError, DataError) as exc:
+        if rank0:
+            print(f"error: {exc}", file=sys.stderr)
+        teardown()
+        return 2
+    try:
+        return train(setup)
+    finally:
+        setup.logger.close()
+        teardown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Checkpoints in Megatron-Core's torch_dist format (dist_checkpointing), written atomically.
+
+Layout (Megatron-LM compatible)::
+
+    SAVE/latest_checkpointed_iteration.txt      the iteration of the newest complete checkpoint
+    SAVE/iter_0000020/                          dist_checkpointing files (metadata.json, *.distcp, common.pt)
+    SAVE/iter_0000020/dllm_meta.json            iteration, consumed samples/tokens, LR-scheduler state,
+                                                the run config, the parallel layout
+    SAVE/iter_0000020/rng/rank_00000.pt         per-rank RNG states (restored only under the same layout)
+
+A save writes ``iter_XXXXXXX.tmp`` first, renames it when every rank has finished, and only then
+updates the tracker file (itself via rename). A crash or ``kill -9`` at any point leaves the previous
+checkpoint as the latest. Model and optimizer states are resharded on load, so a run can resume
+under a different TP / PP / EP layout (the distributed optimizer is saved 'fully_reshardable').
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+
+from megatron_dllm.config import ConfigError, ModelConfig
+
+TRACKER = "latest_checkpointed_iteration.txt"
+META = "dllm_meta.json"
+_OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+# Model fields that may differ between a checkpoint and a run without changing any tensor.
+_NON_ARCH_FIELDS = {"seq_length", "max_position_embeddings", "hidden_dropout", "attention_dropout",
+                    "init_method_std", "moe_token_dispatcher_type", "moe_grouped_gemm",
+                    "moe_aux_loss_coeff", "moe_z_loss_coeff", "moe_router_bias_update_rate",
+                    "moe_router_load_balancing_type"}
+
+
+def checkpoint_path(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def latest_iteration(root: str) -> Optional[int]:
+    """Iteration named by the tracker file, or None when ``root`` holds no checkpoint."""
+    tracker = os.path.join(root, TRACKER)
+    if not os.path.isfile(tracker):
+        return None
+    text = open(tracker).read().strip()
+    if not text.isdigit():
+        raise ConfigError(f"{tracker} is corrupt ({text!r}); point it at an existing iter_* directory")
+    iteration = int(text)
+    if not os.path.isfile(os.path.join(checkpoint_path(root, iteration), META)):
+        raise ConfigError(f"{tracker} names iteration {iteration} but {checkpoint_path(root, iteration)} is missing or incomplete")
+    return iteration
+
+
+def read_meta(root: str, iteration: int) -> dict:
+    with open(os.path.join(checkpoint_path(root, iteration), META)) as handle:
+        return json.load(handle)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _unwrap(chunks) -> List[torch.nn.Module]:
+    return [getattr(c, "module", c) for c in chunks]
+
+
+def _model_sharded_state_dict(chunks):
+    chunks = _unwrap(chunks)
+    if len(chunks) == 1:
+        return {"model": chunks[0].sharded_state_dict()}
+    return {f"model{i}": c.sharded_state_dict() for i, c in enumerate(chunks)}
+
+
+def layout_signature() -> dict:
+    """The parallel layout of this process group (RNG states only transfer between equal ones)."""
+    return {
+        "world_size": dist.get_world_size(),
+        "tp": parallel_state.get_tensor_model_parallel_world_size(),
+        "pp": parallel_state.get_pipeline_model_parallel_world_size(),
+        "ep": parallel_state.get_expert_model_parallel_world_size(),
+    }
+
+
+def _rng_state() -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_checkpoint(
+    root: str,
+    iteration: int,
+    model,
+    optimizer,
+    scheduler,
+    *,
+    consumed_samples: int,
+    consumed_tokens: int,
+    run_config: dict,
+    keep_last: int = 0,
+    extra: Optional[dict] = None,
+) -> str:
+    """Save model (+ optimizer and scheduler when given) at ``iteration``; returns the directory.
+
+    Collective: every rank calls it. ``keep_last`` > 0 deletes older checkpoints after the save.
+    """
+    rank = dist.get_rank()
+    final = checkpoint_path(root, iteration)
+    tmp = final + ".tmp"
+    if rank == 0:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    dist.barrier()
+    sharded = _model_sharded_state_dict(model)
+    if optimizer is not None:
+        sharded["optimizer"] = optimizer.sharded_state_dict(dict(sharded), metadata=_OPTIM_METADATA)
+    dist_checkpointing.save(sharded, tmp)
+    os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
+    torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"))
+    dist.barrier()
+    if rank == 0:
+        meta = {
+            "iteration": iteration,
+            "consumed_samples": consumed_samples,
+            "consumed_tokens": consumed_tokens,
+            "has_optimizer": optimizer is not None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "layout": layout_signature(),
+            "run": run_config,
+            **(extra or {}),
+        }
+        _write_atomic(os.path.join(tmp, META), json.dumps(meta, indent=2, default=str))
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _write_atomic(os.path.join(root, TRACKER), str(iteration))
+        if keep_last > 0:
+            _prune(root, keep_last)
+    dist.barrier()
+    return final
+
+
+def _prune(root: str, keep_last: int) -> None:
+    iterations = sorted(
+        int(name[5:]) for name in os.listdir(root)
+        if name.startswith("iter_") and name[5:].isdigit()
+    )
+    for old in iterations[:-keep_last]:
+        shutil.rmtree(checkpoint_path(root, old), ignore_errors=True)
+
+
+def check_model_config(saved: dict, current: ModelConfig, where: str) -> None:
+    """Raise ConfigError when the checkpoint's architecture differs from the flags."""
+    now = dataclasses.asdict(current)
+    diffs = [
+        f"{key}: checkpoint {saved.get(key)!r} vs flags {now[key]!r}"
+        for key in now
+        if key not in _NON_ARCH_FIELDS and key in saved and saved[key] != now[key]
+    ]
+    if diffs:
+        raise ConfigError(
+            f"checkpoint {where} has a different model config than the flags ("
+            + "; ".join(diffs) + "): pass the checkpoint's values or load another checkpoint"
+        )
+
+
+def load_checkpoint(
+    root: str,
+    model,
+    optimizer=None,
+    scheduler=None,
+    *,
+    model_config: Optional[ModelConfig] = None,
+    load_optimizer: bool = True,
+    load_rng: bool = True,
+    iteration: Optional[int] = None,
+) -> dict:
+    """Load the latest (or given) checkpoint under ``root`` into the model (+ optimizer, scheduler).
+
+    Returns the checkpoint's metadata dict. The optimizer is loaded only when the checkpoint has one
+    and ``load_optimizer``; RNG states only under the same parallel layout.
+    """
+    if iteration is None:
+        iteration = latest_iteration(root)
+        if iteration is None:
+            raise ConfigError(f"--load {root}: no checkpoint found ({TRACKER} missing)")
+    path = checkpoint_path(root, iteration)
+    meta = read_meta(root, iteration)
+    if model_config is not None and "run" in meta and "model" in meta["run"]:
+        check_model_config(meta["run"]["model"], model_config, path)
+    sharded = _model_sharded_state_dict(model)
+    with_optimizer = optimizer is not None and load_optimizer and meta.get("has_optimizer")
+    if with_optimizer:
+        sharded["optimizer"] = optimizer.sharded_state_dict(
+            dict(sharded), is_loading=True, metadata=_OPTIM_METADATA)
+    state = dist_checkpointing.load(sharded, path)
+    chunks = _unwrap(model)
+    if len(chunks) == 1:
+        chunks[0].load_state_dict(state["model"])
+    else:
+        for i, chunk in enumerate(chunks):
+            chunk.load_state_dict(state[f"model{i}"])
+    if with_optimizer:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and meta.get("scheduler"):
+            scheduler.load_state_dict(meta["scheduler"])
+    rng_file = os.path.join(path, "rng", f"rank_{dist.get_rank():05d}.pt")
+    if load_rng and meta.get("layout") == layout_signature() and os.path.isfile(rng_file):
+        _set_rng_state(torch.load(rng_file, weights_only=True))
+    meta["loaded_optimizer"] = bool(with_optimizer)
+    return meta

@@ -1,0 +1,99 @@
+"""Checks that fail fast, before any data is read or any model is built.
+
+Each failure is a ConfigError whose one-line message names the fix; ``pretrain`` prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from megatron_dllm.config import ConfigError, validate
+from megatron_dllm.diffusion.curriculum import BlockSchedule
+
+
+def block_schedule(run) -> BlockSchedule | None:
+    """The block-size schedule of the run: parsed for bd, constant L for mdlm, None for ar."""
+    d, L = run.diffusion, run.model.seq_length
+    if d.objective == "ar":
+        return None
+    if d.objective == "mdlm":
+        return BlockSchedule.constant(L, L)
+    try:
+        return BlockSchedule.parse(d.block_schedule, L)
+    except ValueError as exc:
+        raise ConfigError(f"--dllm-block-schedule: {exc}") from exc
+
+
+def train_iters(run) -> int:
+    """Optimizer steps of the run, from --train-iters or --train-tokens."""
+    t = run.training
+    if t.train_iters is not None:
+        return t.train_iters
+    tokens_per_step = t.global_batch_size * run.model.seq_length
+    return math.ceil(t.train_tokens / tokens_per_step)
+
+
+def check_run(run, world_size: int) -> None:
+    """Validate a RunConfig for ``world_size`` ranks."""
+    m, p, d, t = run.model, run.parallel, run.diffusion, run.training
+    validate(m, p, world_size)
+    dp = p.data_parallel_size(world_size)
+    if (t.train_iters is None) == (t.train_tokens is None):
+        raise ConfigError("give exactly one of --train-iters or --train-tokens")
+    if (t.train_iters is not None and t.train_iters < 1) or (t.train_tokens is not None and t.train_tokens < 1):
+        raise ConfigError("--train-iters / --train-tokens must be positive")
+    for name, mbs in (("--micro-batch-size", t.micro_batch_size),
+                      ("--dllm-bd-micro-batch-size", d.bd_micro_batch_size)):
+        if mbs is None:
+            continue
+        if mbs < 1 or t.global_batch_size % (mbs * dp):
+            raise ConfigError(
+                f"--global-batch-size {t.global_batch_size} is not divisible by {name} {mbs} x "
+                f"data-parallel size {dp}: change one of them"
+            )
+    if d.objective == "bd" and not d.block_schedule:
+        raise ConfigError("--dllm-objective bd needs --dllm-block-schedule (e.g. 'stable:32@inf')")
+    if d.objective != "bd" and d.block_schedule:
+        raise ConfigError("--dllm-block-schedule is only used with --dllm-objective bd")
+    block_schedule(run)  # parses and checks every block size divides --seq-length
+    if (d.t_low is None) != (d.t_high is None):
+        raise ConfigError("give both --dllm-t-low and --dllm-t-high, or neither")
+    if d.embedding_noise_std < 0 or d.embedding_noise_iters < 0:
+        raise ConfigError("--dllm-embedding-noise-std and --dllm-embedding-noise-iters must be >= 0")
+    if d.attention_backend == "flex" and t.device == "cpu":
+        raise ConfigError("--dllm-attention-backend flex cannot train on CPU (no backward): use sdpa")
+    data = run.data
+    if not data.mock_data and not data.data_path:
+        raise ConfigError("no training data: pass --data-path PREFIX (see tools/preprocess_data.py) or --mock-data")
+    if not data.mock_data and not data.tokenizer_model:
+        raise ConfigError("--data-path needs --tokenizer-model (the tokenizer the data was preprocessed with)")
+    if data.tokenizer_model and not os.path.exists(data.tokenizer_model):
+        raise ConfigError(f"--tokenizer-model {data.tokenizer_model}: file not found")
+    ck = run.checkpoint
+    if ck.save_interval is not None and not ck.save:
+        raise ConfigError("--save-interval needs --save DIR")
+    if ck.exit_signal_handler and not ck.save:
+        raise ConfigError("--exit-signal-handler needs --save DIR to write the checkpoint to")
+    if t.lr_decay_style == "WSD" and not t.lr_wsd_decay_iters:
+        raise ConfigError("--lr-decay-style WSD needs --lr-wsd-decay-iters")
+    if t.lr_warmup_iters >= max(1, t.lr_decay_iters or train_iters(run)) and t.lr_warmup_iters > 0:
+        raise ConfigError("--lr-warmup-iters must be smaller than the decay iterations")
+    if t.bf16 and t.device == "cpu":
+        raise ConfigError("--bf16 is for GPU runs; CPU runs train in fp32")
+
+
+def check_checkpoint_config(run) -> None:
+    """When --load has a checkpoint, its model config must match the flags (before building anything)."""
+    from megatron_dllm.train import checkpointing
+
+    ck = run.checkpoint
+    if not ck.load or not os.path.isdir(ck.load):
+        return  # nothing to resume from: the run starts from scratch (as Megatron-LM does)
+    iteration = checkpointing.latest_iteration(ck.load)
+    if iteration is None:
+        return
+    meta = checkpointing.read_meta(ck.load, iteration)
+    saved = meta.get("run", {}).get("model")
+    if saved:
+        checkpointing.check_model_config(saved, run.model, checkpointing.checkpoint_path(ck.load, iteration))

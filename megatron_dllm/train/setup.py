@@ -1,0 +1,101 @@
+"""Run set-up: tokenizer, data, model, optimizer, scheduler, resume; in that order, failing early."""
+
+from __future__ import annotations
+
+import os
+
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_dllm.config import ConfigError
+from megatron_dllm.data.datasets import build_datasets
+from megatron_dllm.data.tokenizer import load_tokenizer, require_mask_token
+from megatron_dllm.model.builder import build_model_chunks
+from megatron_dllm.model.embedding_noise import EmbeddingNoise
+from megatron_dllm.platform.distributed import init_model_parallel
+from megatron_dllm.train import checkpointing
+from megatron_dllm.train.engine import build_optimizer, wrap_ddp
+from megatron_dllm.train.logging import MetricsLogger
+from megatron_dllm.train.loop import Setup, TrainState, build_scheduler, optimizer_config
+from megatron_dllm.train.preflight import block_schedule, check_checkpoint_config, train_iters
+
+
+def token_ids(run):
+    """(mask_token_id, eod_id, vocab_size) from the tokenizer, or the mock-data conventions."""
+    d, data, m = run.diffusion, run.data, run.model
+    if data.tokenizer_model:
+        tok = load_tokenizer(data.tokenizer_model, mask_token_id=d.mask_token_id)
+        if tok.vocab_size > m.padded_vocab_size(run.parallel.tensor_model_parallel_size):
+            raise ConfigError(f"tokenizer has {tok.vocab_size} tokens but --vocab-size is {m.vocab_size}: "
+                              f"pass --vocab-size {tok.vocab_size}")
+        if d.objective == "ar":  # the AR baseline never uses [MASK]
+            mask = tok.mask_token_id if tok.mask_token_id is not None else tok.vocab_size - 1
+        else:
+            mask = require_mask_token(tok)
+        return mask, tok.eod_id, tok.vocab_size
+    # mock data: the last two ids of the vocabulary are [MASK] and EOD
+    mask = d.mask_token_id if d.mask_token_id is not None else m.vocab_size - 1
+    if not 0 <= mask < m.padded_vocab_size(1):
+        raise ConfigError(f"--dllm-mask-token-id {mask} is outside the vocabulary (size {m.vocab_size})")
+    return mask, m.vocab_size - 2, m.vocab_size
+
+
+def setup_run(run, device: str) -> Setup:
+    """Build everything for ``run`` on this rank; resume from --load when it holds a checkpoint."""
+    world = dist.get_world_size()
+    rank0 = dist.get_rank() == 0
+    t, ck = run.training, run.checkpoint
+    check_checkpoint_config(run)
+    mask_token_id, eod_id, _ = token_ids(run)
+    total = train_iters(run)
+    G, L = t.global_batch_size, run.model.seq_length
+    eval_samples = (t.eval_iters * G) if t.eval_interval else 0
+    datasets = build_datasets(run.data, seq_length=L, num_samples=(total * G, eval_samples, 0),
+                              seed=t.seed, eod_id=eod_id, mask_token_id=mask_token_id)
+    if datasets[0] is None:
+        raise ConfigError("the training split is empty: give it a positive weight in --split")
+    if eval_samples and datasets[1] is None:
+        raise ConfigError("--eval-interval needs a validation split: give it a positive weight in --split")
+
+    init_model_parallel(run.parallel, seed=t.seed)
+    chunks = build_model_chunks(run.model, run.parallel, causal=run.diffusion.objective == "ar",
+                                attention_backend=run.diffusion.attention_backend,
+                                dtype="bf16" if t.bf16 else "fp32", init_seed=t.seed)
+    if device == "cuda":
+        chunks = [c.cuda() for c in chunks]
+    hook = None
+    d = run.diffusion
+    if d.embedding_noise_std > 0 and d.embedding_noise_iters > 0 and d.objective != "ar":
+        hook = EmbeddingNoise(mask_token_id, d.embedding_noise_std, t.seed)
+        for chunk in chunks:
+            hook.attach(chunk)
+    model = wrap_ddp(chunks, use_distributed_optimizer=t.use_distributed_optimizer,
+                     overlap_grad_reduce=t.overlap_grad_reduce)
+    optimizer = build_optimizer(model, optimizer_config(run))
+    scheduler = build_scheduler(optimizer, run, total)
+    state = TrainState()
+    metrics_path = run.logging.metrics_path or (
+        os.path.join(ck.save or run.logging.tensorboard_dir, "metrics.jsonl")
+        if (ck.save or run.logging.tensorboard_dir) else None)
+    logger = MetricsLogger(enabled=rank0, tensorboard_dir=run.logging.tensorboard_dir,
+                           metrics_path=metrics_path, train_iters=total)
+    if ck.load and checkpointing.latest_iteration(ck.load) is not None:
+        fresh = ck.finetune or ck.no_load_optim
+        meta = checkpointing.load_checkpoint(
+            ck.load, model, optimizer, scheduler, model_config=run.model,
+            load_optimizer=not fresh, load_rng=not ck.no_load_rng)
+        if not ck.finetune and meta.get("has_optimizer"):
+            state = TrainState(iteration=meta["iteration"], consumed_samples=meta["consumed_samples"])
+        logger.info(f"loaded {checkpointing.checkpoint_path(ck.load, meta['iteration'])} "
+                    f"(optimizer {'restored' if meta['loaded_optimizer'] else 'fresh'}); "
+                    f"starting at iteration {state.iteration}")
+    elif ck.load:
+        logger.info(f"--load {ck.load} holds no checkpoint: starting from scratch")
+    logger.info(
+        f"world {world} = TP {run.parallel.tensor_model_parallel_size} x PP "
+        f"{run.parallel.pipeline_model_parallel_size} x DP {parallel_state.get_data_parallel_world_size()}"
+        f" (EP {run.parallel.expert_model_parallel_size}); {total} iterations of {G} x {L} tokens; "
+        f"objective {run.diffusion.objective}; device {device}")
+    return Setup(run=run, device=device, model=model, optimizer=optimizer, scheduler=scheduler,
+                 datasets=datasets, mask_token_id=mask_token_id, schedule=block_schedule(run),
+                 total_iters=total, state=state, logger=logger, embedding_noise=hook)

@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             help_text = f"{f.metadata.get('help', '')} (default: {default})"
             if tp is bool:
-                group.add_argument(_flag(f), dest=dest, action=argparse.BooleanOptionalAction, help=help_text)
+                # argparse's BooleanOptionalAction reads any flag starting with --no- as False
+                action = "store_true" if _flag(f).startswith("--no-") else argparse.BooleanOptionalAction
+                group.add_argument(_flag(f), dest=dest, action=action, help=help_text)
                 for false_flag in _FALSE_FLAGS.get(f.name, []):
                     group.add_argument(false_flag, dest=dest, action="store_false",
                                        help=f"Megatron-LM spelling of --no-{_flag(f)[2:]}.")

@@ -394,6 +394,49 @@ def shim_disable_compile() -> None:
     torch._dynamo.config.disable = True
 
 
+# ---------------------------------------------------------------------------------------------
+# 9. Distributed-optimizer load with torch Adam
+# ---------------------------------------------------------------------------------------------
+
+
+def shim_distributed_optimizer_step_state() -> None:
+    """Let a 'fully_reshardable' DistributedOptimizer checkpoint load into torch Adam.
+
+    Without Apex / Transformer Engine the optimizer is torch Adam, whose per-parameter state holds
+    a ``step`` tensor. ``DistributedOptimizer.load_state_dict`` restores ``step`` from the common
+    state, then ``_set_main_param_and_optimizer_states`` copies every key of the parameter's state
+    from the loaded tensors, which carry no ``step``: KeyError. The replacement copies the keys the
+    checkpoint has (param, exp_avg, exp_avg_sq) and leaves the restored ``step`` alone. The restored
+    ``step`` is also one tensor object shared by every parameter's state, which torch Adam then
+    increments once per parameter per step (wrong bias correction after a resume): each state gets
+    its own copy.
+    """
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    stock = DistributedOptimizer._set_main_param_and_optimizer_states
+
+    def set_main_param_and_optimizer_states(self, model_param, tensors):
+        if self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            return stock(self, model_param, tensors)
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+        targets = {"param": main_param, **self.optimizer.state[main_param]}
+        for key, target in targets.items():
+            if key in tensors:
+                target.copy_(tensors[key])
+
+    stock_load = DistributedOptimizer.load_state_dict
+
+    def load_state_dict(self, state_dict):
+        stock_load(self, state_dict)
+        for state in self.optimizer.state.values():
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].clone()
+
+    DistributedOptimizer._set_main_param_and_optimizer_states = set_main_param_and_optimizer_states
+    DistributedOptimizer.load_state_dict = load_state_dict
+
+
 SHIMS = (
     shim_rng_tracker,
     shim_current_device,
@@ -403,4 +446,5 @@ SHIMS = (
     shim_moe_split_sizes,
     shim_uneven_collectives,
     shim_disable_compile,
+    shim_distributed_optimizer_step_state,
 )

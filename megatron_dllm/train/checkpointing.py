@@ -30,7 +30,8 @@ from megatron_dllm.config import ConfigError, ModelConfig
 
 TRACKER = "latest_checkpointed_iteration.txt"
 META = "dllm_meta.json"
-_OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+# Layout-independent optimizer keys: no per-sub-optimizer prefix, fully reshardable tensors.
+_OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
 # Model fields that may differ between a checkpoint and a run without changing any tensor.
 _NON_ARCH_FIELDS = {"seq_length", "max_position_embeddings", "hidden_dropout", "attention_dropout",
                     "init_method_std", "moe_token_dispatcher_type", "moe_grouped_gemm",
@@ -144,6 +145,7 @@ def save_checkpoint(
             "consumed_samples": consumed_samples,
             "consumed_tokens": consumed_tokens,
             "has_optimizer": optimizer is not None,
+            "optimizer_parts": _optimizer_parts(optimizer) if optimizer is not None else 0,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "layout": layout_signature(),
             "run": run_config,
@@ -167,6 +169,45 @@ def _prune(root: str, keep_last: int) -> None:
     )
     for old in iterations[:-keep_last]:
         shutil.rmtree(checkpoint_path(root, old), ignore_errors=True)
+
+
+def _optimizer_parts(optimizer) -> int:
+    """Sub-optimizers of a (chained) Megatron optimizer: 2 when experts are expert-parallel."""
+    return len(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def _optimizer_sharded_state_for_loading(optimizer, model_sharded):
+    """The optimizer's sharded state dict to load into, for a never-stepped torch Adam too.
+
+    Megatron-Core's DistributedOptimizer.state_dict() reads every parameter's ``step`` when Apex /
+    Transformer Engine are absent (torch Adam creates its state lazily at the first step), so
+    building the dict for a fresh optimizer fails. Its state is given placeholder tensors (zeros,
+    step 0) for that, and the step placeholders are removed again because the load restores the
+    step from the checkpoint's common state. Parameters are not touched.
+    """
+    added = _materialize_optimizer_state(optimizer)
+    sharded = optimizer.sharded_state_dict(model_sharded, is_loading=True, metadata=_OPTIM_METADATA)
+    for state in added:
+        state.pop("step", None)
+    return sharded
+
+
+def _materialize_optimizer_state(optimizer) -> list:
+    """Zero moments and step 0 for parameters without optimizer state; returns the states touched."""
+    added = []
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(sub, "optimizer", None)
+        init = getattr(sub, "init_state_fn", None)
+        if inner is None or init is None:
+            continue
+        init(inner, getattr(sub, "config", None))
+        for group in inner.param_groups:
+            for param in group["params"]:
+                state = inner.state[param]
+                if "step" not in state:
+                    state["step"] = torch.tensor(0.0)
+                    added.append(state)
+    return added
 
 
 def check_model_config(saved: dict, current: ModelConfig, where: str) -> None:
@@ -211,8 +252,15 @@ def load_checkpoint(
     sharded = _model_sharded_state_dict(model)
     with_optimizer = optimizer is not None and load_optimizer and meta.get("has_optimizer")
     if with_optimizer:
-        sharded["optimizer"] = optimizer.sharded_state_dict(
-            dict(sharded), is_loading=True, metadata=_OPTIM_METADATA)
+        saved_parts = meta.get("optimizer_parts", _optimizer_parts(optimizer))
+        if saved_parts != _optimizer_parts(optimizer):
+            raise ConfigError(
+                f"{path}: its optimizer state has {saved_parts} parts (experts "
+                f"{'with' if saved_parts > 1 else 'without'} expert parallelism) but this run's has "
+                f"{_optimizer_parts(optimizer)}: resume with "
+                f"--expert-model-parallel-size {'> 1' if saved_parts > 1 else '1'}, or pass --no-load-optim "
+                "to load the weights with a fresh optimizer")
+        sharded["optimizer"] = _optimizer_sharded_state_for_loading(optimizer, dict(sharded))
     state = dist_checkpointing.load(sharded, path)
     chunks = _unwrap(model)
     if len(chunks) == 1:

@@ -63,6 +63,30 @@ def seams_worker(rank, world_size):
             "bidir_vs_causal": (bidir - causal_dllm).abs().max().item(),
             "logit_scale": clean_alone.abs().max().item(),
         }
+    # LLaDA-MoE style router: softmax before top-k, load-balancing + z-loss reach the router gradient
+    import dataclasses
+
+    soft = dataclasses.replace(
+        get_preset("tiny-moe"), moe_router_score_function="softmax", moe_router_enable_expert_bias=False,
+        moe_router_pre_softmax=True, moe_router_num_groups=None, moe_router_group_topk=None,
+        moe_router_topk_scaling_factor=None, moe_router_load_balancing_type="aux_loss")
+    grads, losses = {}, {}
+    x0 = torch.randint(0, 255, (B, L), generator=gen)
+    weights = None
+    for name, aux, z in (("plain", 0.0, None), ("aux", 0.01, 0.001)):
+        model = build_model(dataclasses.replace(soft, moe_aux_loss_coeff=aux, moe_z_loss_coeff=z), parallel)
+        if weights is None:
+            weights = model.state_dict()
+        else:
+            model.load_state_dict(weights)
+        loss = model(x0, torch.arange(L).expand(B, -1), torch.ones(L, L, dtype=torch.bool), labels=x0).mean()
+        loss.backward()
+        losses[name] = loss.item()
+        grads[name] = model.decoder.layers[0].mlp.router.weight.grad.clone()
+    out["softmax_router"] = {
+        "loss_equal": losses["plain"] == losses["aux"],
+        "router_grad_diff": (grads["plain"] - grads["aux"]).abs().max().item(),
+    }
     # derived specs leave the stock ones untouched
     tconfig = to_transformer_config(get_preset("tiny-moe"), parallel)
     before = get_gpt_decoder_block_spec(tconfig, use_transformer_engine=False, normalization="RMSNorm")

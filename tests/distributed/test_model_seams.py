@@ -36,3 +36,9 @@ def test_causal_variant_equals_explicit_causal_mask(seams, kind):
 def test_specs_are_derived_not_mutated(seams):
     assert seams["stock"] == [("DotProductAttention", True), ("DotProductAttention", True)]
     assert seams["derived"] == ("DiffusionCoreAttention", True)
+
+
+def test_softmax_router_aux_and_z_loss_reach_the_router(seams):
+    r = seams["softmax_router"]
+    assert r["loss_equal"]              # auxiliary losses do not change the LM loss ...
+    assert r["router_grad_diff"] > 1e-6  # ... but add to the router's gradient

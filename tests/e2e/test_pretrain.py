@@ -107,17 +107,39 @@ def test_resume_under_a_different_tensor_parallel_size(straight, stopped, tmp_pa
         assert abs(g["loss"] - ref["loss"]) <= 1e-4 * abs(ref["loss"])
 
 
-@pytest.mark.parametrize("layout", [
-    ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
-    ["--pipeline-model-parallel-size", "2"],
-    ["--expert-model-parallel-size", "2"],
+@pytest.mark.parametrize("layout,nproc", [
+    (["--tensor-model-parallel-size", "2", "--sequence-parallel"], 2),
+    (["--pipeline-model-parallel-size", "2"], 2),
+    (["--expert-model-parallel-size", "2"], 2),
+    (["--dllm-bd-micro-batch-size", "2"], 1),   # 4 micro-batches of 2 instead of 2 of 4
 ])
-def test_first_iteration_loss_matches_one_rank(straight, tmp_path, layout):
+def test_first_iteration_loss_matches_one_rank(straight, tmp_path, layout, nproc):
     _, _, reference = straight
-    pretrain(BASE + layout + ["--exit-interval", "1", "--metrics-path", str(tmp_path / "m.jsonl")], nproc=2)
+    pretrain(BASE + layout + ["--exit-interval", "1", "--metrics-path", str(tmp_path / "m.jsonl")], nproc=nproc)
     first = metrics(str(tmp_path / "m.jsonl"))[0]
     assert abs(first["loss"] - reference[0]["loss"]) <= 1e-5 * abs(reference[0]["loss"])
     assert abs(first["grad_norm"] - reference[0]["grad_norm"]) <= 1e-5 * abs(reference[0]["grad_norm"])
+
+
+def test_distributed_optimizer_checkpoint_reshards_over_data_parallel(straight, tmp_path):
+    _, _, reference = straight
+    save = tmp_path / "dopt"
+    pretrain(BASE + ["--use-distributed-optimizer", "--save", str(save),
+                     "--exit-interval", "3"], nproc=2)            # DP = 2: optimizer state sharded in two
+    proc = pretrain(BASE + ["--use-distributed-optimizer", "--load", str(save), "--save", str(save),
+                            "--exit-interval", "2"])              # DP = 1
+    assert "optimizer restored" in proc.stdout and "starting at iteration 3" in proc.stdout
+    got = metrics(str(save / "metrics.jsonl"))
+    assert [r["iteration"] for r in got] == [1, 2, 3, 4, 5]
+    for g, ref in zip(got, reference[:5]):
+        assert abs(g["loss"] - ref["loss"]) <= 1e-5 * abs(ref["loss"]), (g["iteration"], g["loss"], ref["loss"])
+    # experts under EP form a second optimizer part: a resume without EP says what to do
+    ep = tmp_path / "ep"
+    pretrain(BASE + ["--expert-model-parallel-size", "2", "--save", str(ep), "--exit-interval", "1"], nproc=2)
+    proc = pretrain(BASE + ["--load", str(ep), "--exit-interval", "1"], check=False)
+    assert proc.returncode == 2 and "--no-load-optim" in proc.stderr
+    proc = pretrain(BASE + ["--load", str(ep), "--no-load-optim", "--exit-interval", "1"])
+    assert "optimizer fresh" in proc.stdout
 
 
 def _wait_for(predicate, timeout, proc):

@@ -51,6 +51,14 @@ def test_cli_overrides_config_and_config_overrides_preset():
     assert run.model.add_bias_linear is False
 
 
+def test_boolean_flags():
+    run = parse_args(BASE + ["--no-load-optim", "--sequence-parallel", "--no-qk-layernorm"])
+    assert run.checkpoint.no_load_optim is True
+    assert run.parallel.sequence_parallel is True
+    assert run.model.qk_layernorm is False
+    assert parse_args(BASE).checkpoint.no_load_optim is False
+
+
 def test_missing_data_files(tmp_path):
     tok = tmp_path / "missing.model"
     with pytest.raises(ConfigError, match="--tokenizer-model .*file not found"):

@@ -1,0 +1,111 @@
+"""GPU benchmarks (what bench/gpu.sh runs): < 8 minutes on one H100.
+
+    1. BD attention fwd+bwd at 2L in {1024, 2048, 4096, 8192}, LLaDA2.0-mini heads (16 q / 4 kv x 128),
+       bf16: ours (compiled FlexAttention + block-sparse BlockMask), ours with SDPA + dense bool mask,
+       megatron-core local DotProductAttention, SDPA + dense float mask. Goal: Flex >= 2.5x faster
+       than dense-mask SDPA at 2L = 8192.
+    2. Training steps of a ~1B-active MoE dLLM (step_overhead.py --model gpu-1b): AR / MDLM / BD step
+       time, ratios, noise + mask share, model FLOPs and MFU against the GPU's dense bf16 peak.
+
+Writes bench/results/gpu_latest.json and prints the tables. Each stage gets a share of the time
+budget (``--budget-s``); a stage that runs out is reported as skipped, never silently dropped.
+
+    python bench/gpu.py              # on a CUDA machine
+    python bench/gpu.py --dry-run    # anywhere: parse, plan, count the model's FLOPs (no GPU needed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import attention  # noqa: E402
+import common  # noqa: E402
+import report  # noqa: E402
+import step_overhead  # noqa: E402
+
+PLAN = {
+    "attention": dict(seqs=[1024, 2048, 4096, 8192], heads=16, groups=4, head_dim=128, block=32, rounds=10),
+    "step_overhead": dict(model="gpu-1b", seq_length=2048, micro_batch_size=1, global_batch_size=8,
+                          block=32, rounds=3, warmup=1),
+}
+
+
+def commands(budget: float) -> list:
+    a, s = PLAN["attention"], PLAN["step_overhead"]
+    return [
+        f"bash bench/gpu.sh   (= python bench/gpu.py --budget-s {budget:.0f})",
+        f"  = python bench/attention.py --device cuda --seq {' '.join(map(str, a['seqs']))} --heads {a['heads']} "
+        f"--groups {a['groups']} --head-dim {a['head_dim']} --block {a['block']} --rounds {a['rounds']}",
+        f"  + python bench/step_overhead.py --device cuda --model {s['model']} --seq-length {s['seq_length']} "
+        f"--micro-batch-size {s['micro_batch_size']} --global-batch-size {s['global_batch_size']} "
+        f"--block {s['block']} --rounds {s['rounds']} --warmup {s['warmup']}",
+    ]
+
+
+def dry_run() -> int:
+    """Check everything that needs no GPU: the plan, the peak table, the FLOP count of the model."""
+    budget = 450.0
+    print("\n".join(commands(budget)))
+    for name, expect in (("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                         ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12)):
+        got = step_overhead.peak_flops(name)
+        assert got == expect, f"peak table: {name} -> {got}, expected {expect}"
+        print(f"peak bf16 {name}: {got / 1e12:.0f} TFLOP/s")
+    res = step_overhead.run(device="cuda", dry_run=True, timeout=600, **PLAN["step_overhead"])
+    if res.get("status") == "failed":
+        print(res.get("stderr_tail", ""), file=sys.stderr)
+        return 1
+    print(report.step_table(res))
+    p, f = res["params"], res["flops_per_step"]
+    assert 0.8e9 <= p["active_params"] <= 1.2e9, f"gpu-1b should have ~1B active parameters: {p}"
+    assert f["ar"] < f["mdlm"] < f["bd"], f"FLOPs should grow ar < mdlm < bd: {f}"
+    for lay in ("ar", "mdlm", "bd"):
+        per_token = f[lay] / (res["global_batch_size"] * res["seq_length"])
+        print(f"{lay}: {per_token / 1e9:.2f} GFLOP per clean token "
+              f"(6 x active incl. input embedding = {6 * p['active_params'] / 1e9:.2f}); at 40% MFU on an H100 SXM a step would take "
+              f"{f[lay] / (0.4 * 989e12):.2f} s")
+    print("dry run ok")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--budget-s", type=float, default=450.0, help="overall time budget (default 7.5 min)")
+    p.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "gpu_latest.json"))
+    args = p.parse_args(argv)
+    if args.dry_run:
+        return dry_run()
+    import torch
+
+    if not torch.cuda.is_available():
+        print("bench/gpu.py needs a CUDA GPU (use --dry-run to check the plan on CPU)", file=sys.stderr)
+        return 2
+    start = time.monotonic()
+    deadline = start + args.budget_s
+    results = {"date": common.now_iso(), "machine": common.machine_info(), "commands": commands(args.budget_s)}
+    # Attention gets up to 45% of the budget; the training steps get the rest.
+    results["attention"] = attention.run(device="cuda", deadline=start + 0.45 * args.budget_s, timeout=150,
+                                         **PLAN["attention"])
+    results["step_overhead"] = step_overhead.run(device="cuda", deadline=deadline, timeout=args.budget_s,
+                                                 **PLAN["step_overhead"])
+    goals = list(results["attention"].get("goals", [])) + list(results["step_overhead"].get("goals", []))
+    step = results["step_overhead"]
+    results["goals"] = goals  # MFU has no goal: it is reported in the step table
+    results["wall_s"] = round(time.monotonic() - start, 1)
+    common.write_json(args.out, results)
+    print(f"## GPU benchmarks ({results['machine'].get('cuda')}, {results['wall_s']:.0f} s)\n")
+    print(report.goals_table(goals) + "\n")
+    print(report.attention_table(results["attention"]) + "\n")
+    print(report.step_table(step))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Output directories of the tools: never overwrite, appear atomically (temporary directory + rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from typing import Iterable
+
+from megatron_dllm.convert.errors import ConversionError
+
+
+def check_output(path: str, inputs: Iterable[str] = ()) -> None:
+    """Refuse an existing non-empty ``path``, or one inside (or containing) an input directory."""
+    if os.path.lexists(path) and not (os.path.isdir(path) and not os.listdir(path)):
+        raise ConversionError(f"output {path} already exists: choose a new directory (refusing to overwrite)")
+    out = os.path.realpath(path)
+    for source in inputs:
+        src = os.path.realpath(source)
+        if out == src or out.startswith(src + os.sep) or src.startswith(out + os.sep):
+            raise ConversionError(f"output {path} overlaps the input {source}: write it somewhere else")
+    parent = os.path.dirname(out) or "."
+    if not os.path.isdir(parent):
+        raise ConversionError(f"the parent directory of {path} does not exist")
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str):
+    """Yield a temporary sibling of ``path`` to fill; rename it to ``path`` on success, delete on error."""
+    tmp = f"{path.rstrip(os.sep)}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.isdir(path):
+        os.rmdir(path)  # check_output allowed it only when empty
+    os.rename(tmp, path)
+    try:
+        fd = os.open(os.path.dirname(os.path.realpath(path)) or ".", os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def write_text(path: str, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -1,0 +1,91 @@
+"""Write a converted model as a megatron_dllm checkpoint, streaming tensor by tensor.
+
+Output layout (what ``megatron_dllm.pretrain --load`` reads; see ``train/checkpointing.py``)::
+
+    OUT/latest_checkpointed_iteration.txt     "0"
+    OUT/iter_0000000/                         torch_dist files (.metadata, __0_*.distcp, metadata.json, common.pt)
+    OUT/iter_0000000/dllm_meta.json           iteration 0, no optimizer, the run config (model, layout,
+                                              mask token, objective, label shift) and the conversion record
+
+``has_optimizer: false`` makes ``pretrain --load`` start at iteration 0 with a fresh optimizer and
+scheduler. Peak memory is one output chunk plus the source pieces it is assembled from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Dict, List
+
+import torch
+
+from megatron_dllm.convert.dcp_io import DcpWriter
+from megatron_dllm.convert.errors import ConversionError
+from megatron_dllm.convert.keymap import VOCAB_KEYS
+from megatron_dllm.convert.mask_token import MaskTokenPlan, fill_vocab_rows
+from megatron_dllm.convert.output import write_text
+from megatron_dllm.convert.targets import TargetObject, TargetTensor
+
+ITERATION = 0
+
+
+def resolve_targets(source, targets: List[TargetTensor]) -> Dict[str, object]:
+    """Source tensor for every target key, shapes checked (metadata only, nothing is read)."""
+    found = {}
+    for item in targets:
+        if item.key in found:
+            continue
+        tensor = source.tensor(item.key, item.global_shape)
+        expected = tuple(item.global_shape)
+        got = tuple(tensor.shape)
+        if item.key in VOCAB_KEYS:
+            if got[1:] != expected[1:]:
+                raise ConversionError(f"{item.key}: the checkpoint has shape {list(got)}, the configuration "
+                                      f"needs [*, {expected[1]}]")
+        elif got != expected:
+            raise ConversionError(f"{item.key}: the checkpoint has shape {list(got)}, its configuration gives "
+                                  f"{list(expected)}: the recorded config does not describe this checkpoint")
+        found[item.key] = tensor
+    return found
+
+
+def produce(item: TargetTensor, tensor, plan: MaskTokenPlan) -> torch.Tensor:
+    """The data of one output chunk, shape ``item.sizes``, in the source dtype."""
+    if item.key in VOCAB_KEYS:
+        if tuple(item.sizes) != tuple(item.global_shape):
+            raise ConversionError(f"{item.key}: expected one chunk for the whole vocabulary")
+        rows = min(tensor.shape[0], item.global_shape[0])
+        out = torch.empty(item.global_shape, dtype=tensor.dtype)
+        tensor.read_box((0,) * len(out.shape), (rows,) + tuple(out.shape[1:]), out=out[:rows])
+        return fill_vocab_rows(out, plan, rows)
+    return tensor.read_box(item.offsets, item.sizes)
+
+
+def write_checkpoint(
+    out_root: str,
+    source,
+    plan: MaskTokenPlan,
+    targets: List[TargetTensor],
+    objects: List[TargetObject],
+    meta: dict,
+    on_tensor: Callable[[TargetTensor, int], None] = lambda item, nbytes: None,
+    max_file_bytes: int = 8 << 30,
+) -> dict:
+    """Write the checkpoint into ``out_root`` (an empty directory); returns size statistics."""
+    resolved = resolve_targets(source, targets)
+    directory = os.path.join(out_root, f"iter_{ITERATION:07d}")
+    writer = DcpWriter(directory, max_file_bytes=max_file_bytes)
+    largest = 0
+    for item in targets:
+        data = produce(item, resolved[item.key], plan)
+        writer.add_tensor(item.key, item.global_shape, item.offsets, data)
+        nbytes = data.numel() * data.element_size()
+        largest = max(largest, nbytes)
+        del data
+        on_tensor(item, nbytes)
+    for obj in objects:
+        writer.add_object(obj.unique_key, obj.value)
+    writer.finish()
+    write_text(os.path.join(directory, "dllm_meta.json"), json.dumps(meta, indent=2, default=str))
+    write_text(os.path.join(out_root, "latest_checkpointed_iteration.txt"), str(ITERATION))
+    return {"tensors": len(targets), "bytes": writer.bytes_written, "largest_tensor_bytes": largest}

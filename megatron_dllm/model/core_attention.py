@@ -16,6 +16,10 @@ Backends (``backend=`` spec parameter):
     ``te``    Transformer Engine fused attention with an arbitrary mask (when TE is installed).
     ``auto``  flex on CUDA, sdpa elsewhere.
 All backends compute the same function; tests compare them with a float64 reference.
+
+KV cache (decoding): when ``decode_cache`` is set, the keys / values of this call are appended to
+the cached ones of earlier committed blocks (see ``megatron_dllm.generate.kv_cache``) and the mask
+is ``[b, sq, cached + sq]``.
 """
 
 from __future__ import annotations
@@ -109,6 +113,8 @@ class DiffusionCoreAttention(MegatronModule):
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         self._te_attention = None
+        # Set by megatron_dllm.generate for KV-cached decoding (keys of committed blocks), else None.
+        self.decode_cache = None
         if backend == "te":
             self._te_attention = self._build_te(config, layer_number, attention_type, pg_collection)
 
@@ -148,6 +154,8 @@ class DiffusionCoreAttention(MegatronModule):
                 "attention_mask is None but this layer is not causal: a dLLM layer needs an explicit "
                 "mask (megatron_dllm.diffusion.masks); refusing to fall back to a causal mask"
             )
+        if self.decode_cache is not None:
+            key, value = self.decode_cache.extend(self.layer_number, key, value)
         backend = resolve_backend(self.requested_backend, query.device.type)
         sq, b, np_, hn = query.shape
         if backend == "te":

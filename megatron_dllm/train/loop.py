@@ -53,6 +53,7 @@ class Setup:
     scheduler: object
     datasets: tuple
     mask_token_id: int
+    eod_id: int
     schedule: object
     total_iters: int
     state: TrainState
@@ -158,37 +159,12 @@ def run_step(setup: Setup, layout: str, block: int) -> dict:
 
 
 def evaluate(setup: Setup, layout: str, block: int) -> dict:
-    """Validation NELBO with fixed stratified t values (midpoints of [eps, 1]); same samples each time."""
-    run = setup.run
-    valid = setup.datasets[1]
-    if valid is None:
+    """Validation ELBO of the current layout and block size (``train/evaluation.py``)."""
+    from megatron_dllm.train.evaluation import evaluate_elbo
+
+    if setup.datasets[1] is None:
         return {}
-    d, L, G = run.diffusion, run.model.seq_length, run.training.global_batch_size
-    mbs = micro_batch_size_for(run, layout)
-    if layout == "ar":
-        points = [None]
-    else:
-        lo = d.t_low if d.t_low is not None else d.t_eps
-        hi = d.t_high if d.t_high is not None else 1.0
-        points = [lo + (hi - lo) * (k + 0.5) / d.eval_t_points for k in range(d.eval_t_points)]
-    per_point = []
-    for t in points:
-        loss_sum = tokens = 0.0
-        for it in range(run.training.eval_iters):
-            batches = micro_batches(setup, valid, it * G, mbs)
-            ctx = step_context(setup, layout, block, 0, eval_t=t)
-            if layout != "ar":
-                ctx.loss_weight, ctx.loss_norm = "inv_t", "all_tokens"
-            reports, _, _ = train_step(make_forward_step(ctx), iter(batches), setup.model, setup.optimizer,
-                                       num_microbatches=len(batches),
-                                       seq_length=2 * L if layout == "bd" else L,
-                                       micro_batch_size=mbs, forward_only=True)
-            totals = reduce_reports(reports)
-            loss_sum += totals["loss_sum"]
-            tokens += totals["num_tokens"]
-        per_point.append(loss_sum / max(tokens, 1.0))
-    nelbo = sum(per_point) / len(per_point)
-    return {"nelbo": nelbo, "bits_per_token": nelbo / math.log(2), "block_size": block, "layout": layout}
+    return evaluate_elbo(setup, layout, block, setup.datasets[1], setup.run.training.eval_iters)
 
 
 def save(setup: Setup) -> None:
@@ -198,7 +174,8 @@ def save(setup: Setup) -> None:
         consumed_samples=state.consumed_samples,
         consumed_tokens=state.consumed_tokens(run.model.seq_length),
         run_config=run.to_dict(), keep_last=run.checkpoint.keep_last,
-        extra={"mask_token_id": setup.mask_token_id, "objective": run.diffusion.objective,
+        extra={"mask_token_id": setup.mask_token_id, "eod_id": setup.eod_id,
+               "objective": run.diffusion.objective,
                "label_shift": run.diffusion.label_shift},
     )
     setup.logger.info(f"saved checkpoint at iteration {state.iteration} to {run.checkpoint.save}")

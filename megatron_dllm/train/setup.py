@@ -97,5 +97,5 @@ def setup_run(run, device: str) -> Setup:
         f" (EP {run.parallel.expert_model_parallel_size}); {total} iterations of {G} x {L} tokens; "
         f"objective {run.diffusion.objective}; device {device}")
     return Setup(run=run, device=device, model=model, optimizer=optimizer, scheduler=scheduler,
-                 datasets=datasets, mask_token_id=mask_token_id, schedule=block_schedule(run),
+                 datasets=datasets, mask_token_id=mask_token_id, eod_id=eod_id, schedule=block_schedule(run),
                  total_iters=total, state=state, logger=logger, embedding_noise=hook)

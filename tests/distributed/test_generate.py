@@ -1,0 +1,28 @@
+"""Block-wise decoding: the KV cache changes nothing; the threshold sets tokens per forward."""
+
+import pytest
+
+from tests.distributed.generate_workers import decoding_worker
+from tests.distributed.harness import run_ranks
+
+
+@pytest.fixture(scope="module")
+def decoded():
+    return run_ranks(decoding_worker, 1, timeout=300)[0]
+
+
+def test_kv_cache_gives_the_tokens_of_no_cache_decoding(decoded):
+    for cached, uncached, cache_passes in decoded["equal"]:
+        assert cached == uncached
+        assert len(cached) == 20
+        assert cache_passes >= 3  # prefill (when the prompt has a whole block) + one commit per block
+
+
+def test_threshold_one_decodes_one_token_per_forward(decoded):
+    tpf, passes, n = decoded["tpf"][1.0]
+    assert tpf == 1.0 and passes == 24 and n == 24
+
+
+def test_threshold_zero_decodes_a_block_per_forward(decoded):
+    tpf, passes, n = decoded["tpf"][0.0]
+    assert passes == 3 and tpf == 8.0 and n == 24

@@ -1,0 +1,40 @@
+"""Acceptance rules of block-wise threshold decoding (pure functions)."""
+
+import torch
+
+from megatron_dllm.generate.decoding import DecodeConfig, _filter_logits, accept, sample, step_quotas
+
+
+def test_step_quotas_split_the_block_evenly():
+    assert step_quotas(32, 32) == [1] * 32
+    assert step_quotas(8, 3) == [3, 3, 2]
+    assert sum(step_quotas(37, 5)) == 37
+
+
+def test_accept_takes_all_above_threshold_else_the_most_confident():
+    conf = torch.tensor([0.99, 0.2, 0.97, 0.5, 0.1])
+    masked = torch.tensor([True, True, True, True, False])
+    assert accept(conf, masked, 0.95, 1).tolist() == [True, False, True, False, False]
+    assert accept(conf, masked, 0.999, 2).tolist() == [True, False, True, False, False]
+    assert accept(conf, masked, 0.999, 1).tolist() == [True, False, False, False, False]
+    # never picks an unmasked slot, even when the quota exceeds what is left
+    assert accept(conf, torch.tensor([False, True, False, False, False]), 0.999, 3).tolist() == [
+        False, True, False, False, False]
+
+
+def test_greedy_sample_is_argmax_with_its_probability():
+    logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]])
+    tokens, conf = sample(logits, DecodeConfig(mask_id=9), torch.Generator())
+    assert tokens.tolist() == [1, 0]
+    torch.testing.assert_close(conf, logits.softmax(-1).max(-1).values)
+
+
+def test_top_k_and_top_p_filtering():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(_filter_logits(logits, 2, None)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(_filter_logits(logits, None, 0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(_filter_logits(logits, None, 0.85)).tolist() == [[False, False, False, True]]
+    gen = torch.Generator().manual_seed(0)
+    cfg = DecodeConfig(mask_id=9, temperature=1.0, top_k=1)
+    tokens, conf = sample(logits.repeat(20, 1), cfg, gen)
+    assert tokens.tolist() == [0] * 20 and torch.allclose(conf, torch.ones(20))

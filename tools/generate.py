@@ -1,0 +1,125 @@
+#!/usr/bin/env python
+"""Generate from a megatron_dllm checkpoint with block-wise diffusion decoding (KV cache on).
+
+    python tools/generate.py --load runs/demo/ckpt --tokenizer-model tok.model --prompt "1 + 2 ="
+    python tools/generate.py --load runs/demo/ckpt --prompt-ids "5 9 5 9 5" --json
+    torchrun --nproc-per-node 2 tools/generate.py --load CKPT --tensor-model-parallel-size 2 ...
+
+Prints each completion (or, with --json, one object per prompt: text, tokens, num_tokens,
+num_forward_passes, tokens_per_forward, seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--load", required=True, help="checkpoint directory (its latest iteration is used)")
+    p.add_argument("--tokenizer-model", help="tokenizer for --prompt / --prompts-file and for printing text")
+    p.add_argument("--prompt", action="append", default=[], help="prompt text (repeatable)")
+    p.add_argument("--prompts-file", help="file with one prompt per line")
+    p.add_argument("--prompt-ids", action="append", default=[], help="prompt as space-separated token ids (repeatable)")
+    p.add_argument("--gen-length", type=int, default=128)
+    p.add_argument("--block-length", type=int, default=32)
+    p.add_argument("--steps", type=int, default=None, help="decoding steps per block (default: block length)")
+    p.add_argument("--threshold", type=float, default=0.95)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--mask-token-id", type=int, default=None, help="default: from the checkpoint or tokenizer")
+    p.add_argument("--eos-id", type=int, default=None, help="default: the tokenizer's / checkpoint's EOD")
+    p.add_argument("--no-eos-early-stop", action="store_true")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    p.add_argument("--dllm-attention-backend", default="sdpa", choices=["sdpa", "te"])
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore")
+    from megatron_dllm.config import ConfigError, ParallelConfig
+    from megatron_dllm.data.errors import DataError
+
+    prompts_text = list(args.prompt)
+    if args.prompts_file:
+        if not os.path.isfile(args.prompts_file):
+            print(f"error: --prompts-file {args.prompts_file}: file not found", file=sys.stderr)
+            return 2
+        prompts_text += [line.rstrip("\n") for line in open(args.prompts_file) if line.strip()]
+    if not prompts_text and not args.prompt_ids:
+        print("error: give --prompt, --prompts-file or --prompt-ids", file=sys.stderr)
+        return 2
+    if prompts_text and not args.tokenizer_model:
+        print("error: text prompts need --tokenizer-model (or pass --prompt-ids)", file=sys.stderr)
+        return 2
+
+    from megatron_dllm.platform.device import setup_device
+    from megatron_dllm.platform.distributed import init_process_group, teardown
+
+    device = setup_device(None if args.device == "auto" else args.device)
+    init_process_group(device)
+    import torch.distributed as dist
+
+    try:
+        from megatron_dllm.generate.decoding import DecodeConfig, decode
+        from megatron_dllm.generate.kv_cache import DecodeCache, attach
+        from megatron_dllm.generate.loading import full_vocab_forward, load_for_inference
+
+        tok = None
+        if args.tokenizer_model:
+            from megatron_dllm.data.tokenizer import load_tokenizer
+
+            tok = load_tokenizer(args.tokenizer_model)
+        parallel = ParallelConfig(tensor_model_parallel_size=args.tensor_model_parallel_size)
+        model, model_cfg, meta = load_for_inference(args.load, parallel, device, args.dllm_attention_backend)
+        mask_id = args.mask_token_id if args.mask_token_id is not None else meta.get("mask_token_id")
+        if mask_id is None and tok is not None:
+            mask_id = tok.mask_token_id
+        if mask_id is None:
+            raise ConfigError("no mask token id in the checkpoint or tokenizer: pass --mask-token-id")
+        eos = args.eos_id if args.eos_id is not None else (tok.eod_id if tok else meta.get("eod_id"))
+        cfg = DecodeConfig(mask_id=mask_id, gen_length=args.gen_length, block_length=args.block_length,
+                           steps=args.steps or args.block_length, threshold=args.threshold,
+                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos,
+                           eos_early_stop=not args.no_eos_early_stop, use_cache=not args.no_cache,
+                           seed=args.seed)
+        cfg.validate()
+        prompts = [(text, tok.encode(text)) for text in prompts_text]
+        prompts += [(None, [int(t) for t in ids.split()]) for ids in args.prompt_ids]
+        forward = full_vocab_forward(model, model_cfg.vocab_size)
+        rank0 = dist.get_rank() == 0
+        for text, ids in prompts:
+            cache = DecodeCache() if cfg.use_cache else None
+            attach(model, cache)
+            out = decode(ids, forward, cfg, device=device, cache=cache)
+            attach(model, None)
+            if not rank0:
+                continue
+            completion = tok.decode(out.tokens) if tok else " ".join(map(str, out.tokens))
+            record = {"prompt": text if text is not None else ids, "text": completion, "tokens": out.tokens,
+                      "num_tokens": len(out.tokens), "num_forward_passes": out.num_forward_passes,
+                      "tokens_per_forward": out.tokens_per_forward, "seconds": round(out.seconds, 4)}
+            print(json.dumps(record) if args.json else completion, flush=True)
+    except (ConfigError, DataError, ValueError) as exc:
+        if dist.get_rank() == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        teardown()
+        return 2
+    teardown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

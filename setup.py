@@ -21,8 +21,8 @@ setup(
     extras_require={
         # apex comes with the NGC PyTorch image; it is not on PyPI.
         "gpu": ["transformer-engine[pytorch]"],
-        # HF tokenizer.json support (sentencepiece models need nothing extra)
-        "hf": ["tokenizers"],
-        "test": ["pytest>=7", "pytest-timeout", "tokenizers"],
+        # HF tokenizer.json support and loading HF exports (sentencepiece models need nothing extra)
+        "hf": ["tokenizers", "transformers>=5.0"],
+        "test": ["pytest>=7", "pytest-timeout", "tokenizers", "transformers>=5.0"],
     },
 )

@@ -4,7 +4,7 @@
     python tools/convert_ar_to_dllm.py --load AR_DIR --save OUT_DIR \\
         [--target-tensor-model-parallel-size N --target-pipeline-model-parallel-size N \\
          --target-expert-model-parallel-size N] [--mask-token-id ID | --add-mask-token] \\
-        [--mask-embedding-init mean|zero|copy:ID] [--tokenizer-model PATH]
+        [--mask-embedding-init mean|zero|copy:ID] [--tokenizer-model PATH] [--label-shift]
 
 AR_DIR: a Megatron ``--save`` directory (torch_dist or legacy ``--ckpt-format torch``, any TP / PP /
 EP, experts sequential or grouped) or one of its iteration directories. OUT_DIR must not exist; it
@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Initialisation of new rows: mean (of the vocabulary rows), zero, or copy:ID.")
     p.add_argument("--tokenizer-model", help="Tokenizer whose mask token (<|mask|>, [MASK], <mask>) to use.")
     p.add_argument("--model-config", help="YAML of model flags, for checkpoints that record no config.")
+    p.add_argument("--label-shift", action="store_true",
+                   help="Record AR-aligned labels (logit i predicts token i+1, Dream style); default: LLaDA2.0's "
+                        "same-position labels.")
     p.add_argument("--max-file-gb", type=float, default=8.0, help="Size of each output data file.")
     p.add_argument("--quiet", action="store_true", help="No progress bar.")
     return p
@@ -49,8 +52,17 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
-    from megatron_dllm.convert.convert import ConvertRequest, prepare, resume_flags, run
     from megatron_dllm.convert.errors import ConversionError
+    from megatron_dllm.convert.locate import locate
+    from megatron_dllm.convert.output import check_output
+
+    try:  # path errors first, before torch is even imported
+        check_output(args.save, inputs=[args.load])
+        locate(args.load)
+    except (ConversionError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from megatron_dllm.convert.convert import ConvertRequest, prepare, resume_flags, run
 
     request = ConvertRequest(
         load=args.load, save=args.save,
@@ -59,7 +71,7 @@ def main(argv=None) -> int:
         target_expert_parallel=args.target_expert_model_parallel_size,
         mask_token_id=args.mask_token_id, add_mask_token=args.add_mask_token,
         mask_embedding_init=args.mask_embedding_init, tokenizer_model=args.tokenizer_model,
-        model_config=args.model_config, max_file_gb=args.max_file_gb)
+        model_config=args.model_config, label_shift=args.label_shift, max_file_gb=args.max_file_gb)
     try:
         prepared = prepare(request)
     except (ConversionError, OSError) as exc:

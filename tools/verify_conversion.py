@@ -33,11 +33,11 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     from megatron_dllm.convert.errors import ConversionError
-    from megatron_dllm.convert.readers import find_checkpoint_dir
+    from megatron_dllm.convert.locate import locate
 
     try:
-        find_checkpoint_dir(args.ar)
-        find_checkpoint_dir(args.dllm)
+        locate(args.ar)
+        locate(args.dllm)
         override = None
         if args.model_config:
             from megatron_dllm.config_io import load_model_config

@@ -22,7 +22,7 @@ from typing import Optional
 
 from megatron_dllm.config import ConfigError, ModelConfig, ParallelConfig, validate
 from megatron_dllm.convert.errors import ConversionError
-from megatron_dllm.convert.keymap import DROPPED
+from megatron_dllm.convert.keymap import DROPPED, per_layer_request
 from megatron_dllm.convert.mask_token import MaskTokenPlan, parse_init, plan_mask_token
 from megatron_dllm.convert.output import atomic_directory, check_output
 from megatron_dllm.convert.readers import Source, open_source
@@ -42,6 +42,7 @@ class ConvertRequest:
     mask_embedding_init: str = "mean"
     tokenizer_model: Optional[str] = None
     model_config: Optional[str] = None
+    label_shift: bool = False
     max_file_gb: float = 8.0
 
 
@@ -97,7 +98,8 @@ def prepare(request: ConvertRequest) -> PreparedConversion:
         divisible_by=cfg.make_vocab_size_divisible_by, target_tensor_parallel=tp,
         mask_token_id=request.mask_token_id, add_mask_token=request.add_mask_token,
         tokenizer_mask_id=tokenizer_mask, init=request.mask_embedding_init)
-    model = dataclasses.replace(cfg, vocab_size=plan.vocab_size)
+    # Grouped-GEMM experts are an execution choice (same checkpoint keys): the record stays portable.
+    model = dataclasses.replace(cfg, vocab_size=plan.vocab_size, moe_grouped_gemm=False)
     return PreparedConversion(request, source, model, parallel, plan)
 
 
@@ -107,11 +109,11 @@ def _run_config(prepared: PreparedConversion) -> dict:
 
     run = RunConfig(model=prepared.model, parallel=prepared.parallel,
                     diffusion=DiffusionConfig(mask_token_id=prepared.plan.mask_token_id, objective="mdlm",
-                                              label_shift=False))
+                                              label_shift=prepared.request.label_shift))
     return run.to_dict()
 
 
-def _meta(prepared: PreparedConversion, dropped, stats=None) -> dict:
+def _meta(prepared: PreparedConversion, dropped) -> dict:
     src, p = prepared.source, prepared.parallel
     return {
         "iteration": 0,
@@ -124,7 +126,7 @@ def _meta(prepared: PreparedConversion, dropped, stats=None) -> dict:
         "run": _run_config(prepared),
         "mask_token_id": prepared.plan.mask_token_id,
         "objective": "mdlm",
-        "label_shift": False,
+        "label_shift": prepared.request.label_shift,
         "conversion": {
             "tool": "megatron_dllm.convert (tools/convert_ar_to_dllm.py)",
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -156,7 +158,7 @@ def run(prepared: PreparedConversion, *, progress: bool = True) -> dict:
 
     source, plan = prepared.source, prepared.plan
     targets, objects = target_layout(prepared.model, plan.padded)
-    resolve_targets(source, targets)
+    resolved = resolve_targets(source, targets)
     unused = sorted(set(source.tensor_keys()) - source.used_keys())
     dropped = [k for k in unused if DROPPED.match(k)]
     unused = [k for k in unused if not DROPPED.match(k)]
@@ -164,12 +166,10 @@ def run(prepared: PreparedConversion, *, progress: bool = True) -> dict:
         shown = ", ".join(unused[:3]) + (" ..." if len(unused) > 3 else "")
         raise ConversionError(f"{len(unused)} source tensors have no place in the target model ({shown}): "
                               "the recorded configuration does not describe this checkpoint")
-    itemsize = {}
     total = 0
     for item in targets:
-        if item.key not in itemsize:
-            itemsize[item.key] = source.tensor(item.key, item.global_shape).dtype.itemsize
-        total += item.numel * itemsize[item.key]
+        key = per_layer_request(item.key, item.global_shape, item.offsets, item.sizes)[0]
+        total += item.numel * resolved[key].dtype.itemsize
     bar = Progress(total, what="converting", enabled=progress)
     meta = _meta(prepared, dropped)
     with atomic_directory(prepared.request.save) as tmp:
@@ -199,4 +199,6 @@ def resume_flags(prepared: PreparedConversion) -> str:
         flags.append(f"--expert-model-parallel-size {p.expert_model_parallel_size}")
     if p.sequence_parallel:
         flags.append("--sequence-parallel")
+    if prepared.request.label_shift:
+        flags.append("--dllm-label-shift")
     return " ".join(flags)

@@ -28,26 +28,19 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch.distributed.checkpoint.filesystem import _StorageInfo
-from torch.distributed.checkpoint.metadata import (
-    BytesStorageMetadata,
-    ChunkStorageMetadata,
-    Metadata,
-    MetadataIndex,
-    TensorProperties,
-    TensorStorageMetadata,
-)
 
 from megatron_dllm.convert.errors import ConversionError
 from megatron_dllm.convert.safe_pickle import TensorRef, load_dcp_metadata, load_lazy, load_tensor
 
+def _dcp():
+    """torch.distributed.checkpoint's metadata classes (imported on first use: the import costs ~1 s)."""
+    from torch.distributed.checkpoint import filesystem, metadata
+
+    return metadata, filesystem._StorageInfo
+
+
 MCORE_METADATA = {"sharded_backend": "torch_dist", "sharded_backend_version": 1,
                   "common_backend": "torch", "common_backend_version": 1}
-
-
-def is_torch_dist_dir(path: str) -> bool:
-    """True when ``path`` holds a torch_dist (DCP) checkpoint."""
-    return os.path.isfile(os.path.join(path, ".metadata"))
 
 
 @dataclass
@@ -86,14 +79,15 @@ class DcpReader:
             metadata = load_dcp_metadata(meta_file)
         except (EOFError, pickle.UnpicklingError, AttributeError) as exc:
             raise ConversionError(f"{meta_file} is corrupt ({exc.__class__.__name__}): the checkpoint is incomplete") from exc
-        where: Dict[Tuple[str, Optional[Tuple[int, ...]]], _StorageInfo] = {}
+        where: Dict[Tuple[str, Optional[Tuple[int, ...]]], object] = {}
         for index, info in metadata.storage_data.items():
             offset = tuple(index.offset) if index.offset is not None else None
             where[(index.fqn, offset)] = info
         self.tensors: Dict[str, TensorInfo] = {}
-        self.objects: Dict[str, _StorageInfo] = {}
+        self.objects: Dict[str, object] = {}
+        bytes_type = _dcp()[0].BytesStorageMetadata
         for key, md in metadata.state_dict_metadata.items():
-            if isinstance(md, BytesStorageMetadata):
+            if isinstance(md, bytes_type):
                 self.objects[key] = where.get((key, None))
                 continue
             chunks = []
@@ -183,8 +177,9 @@ class DcpWriter:
         self._file_index = -1
         self._handle = None
         self._files: List[str] = []
+        self._md, self._storage_info = _dcp()
         self._state: Dict[str, object] = {}
-        self._storage: Dict[MetadataIndex, _StorageInfo] = {}
+        self._storage: Dict[object, object] = {}
         self.bytes_written = 0
         self._next_file()
 
@@ -202,14 +197,14 @@ class DcpWriter:
         self._handle.close()
         self._handle = None
 
-    def _append(self, write) -> _StorageInfo:
+    def _append(self, write):
         if self._handle.tell() >= self.max_file_bytes:
             self._next_file()
         start = self._handle.tell()
         write(self._handle)
         length = self._handle.tell() - start
         self.bytes_written += length
-        return _StorageInfo(self._files[-1], start, length)
+        return self._storage_info(self._files[-1], start, length)
 
     def add_tensor(self, key: str, global_shape: Sequence[int], offsets: Sequence[int], tensor: torch.Tensor) -> None:
         """Append ``tensor`` as the chunk of global tensor ``key`` at ``offsets``."""
@@ -223,29 +218,27 @@ class DcpWriter:
             tensor = tensor.contiguous().clone()  # torch.save writes the whole storage
         md = self._state.get(key)
         if md is None:
-            md = TensorStorageMetadata(TensorProperties(dtype=tensor.dtype), global_shape, [])
+            md = self._md.TensorStorageMetadata(self._md.TensorProperties(dtype=tensor.dtype), global_shape, [])
             self._state[key] = md
         elif md.size != global_shape or md.properties.dtype != tensor.dtype:
             raise ValueError(f"{key}: chunks disagree on the global shape or dtype")
         info = self._append(lambda handle: torch.save(tensor.detach().cpu(), handle))
-        md.chunks.append(ChunkStorageMetadata(offsets=offsets, sizes=torch.Size(tensor.shape)))
-        self._storage[MetadataIndex(key, offsets, len(md.chunks) - 1)] = info
+        md.chunks.append(self._md.ChunkStorageMetadata(offsets=offsets, sizes=torch.Size(tensor.shape)))
+        self._storage[self._md.MetadataIndex(key, offsets, len(md.chunks) - 1)] = info
 
     def add_object(self, unique_key: str, value) -> None:
         """Append a ShardedObject (``unique_key`` = ``key/shard_...``) as Megatron-Core stores it."""
         buffer = io.BytesIO()
         torch.save([value], buffer)
-        self._state[unique_key] = BytesStorageMetadata()
-        self._storage[MetadataIndex(unique_key)] = self._append(lambda handle: handle.write(buffer.getbuffer()))
+        self._state[unique_key] = self._md.BytesStorageMetadata()
+        self._storage[self._md.MetadataIndex(unique_key)] = self._append(lambda handle: handle.write(buffer.getbuffer()))
 
     def finish(self) -> None:
         """Close the data files and write the metadata files (the checkpoint is complete after this)."""
         self._close_file()
-        from torch.distributed.checkpoint.metadata import StorageMeta
-
-        metadata = Metadata(
+        metadata = self._md.Metadata(
             state_dict_metadata=self._state, storage_data=self._storage,
-            storage_meta=StorageMeta(checkpoint_id=self.path, save_id=str(uuid.uuid4())),
+            storage_meta=self._md.StorageMeta(checkpoint_id=self.path, save_id=str(uuid.uuid4())),
             version="1.0.0",
         )
         _write_file(os.path.join(self.path, ".metadata"), pickle.dumps(metadata))

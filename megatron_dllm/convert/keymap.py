@@ -11,7 +11,8 @@ source are mapped onto them:
 * **torch_dist** checkpoints already use sharded keys; older or differently configured writers
   differ in a few spellings, which :func:`torch_dist_aliases` lists (TE's unfused
   ``pre_mlp_layernorm`` in MoE layers, per-expert ``singleton_local_shards`` keys with separate
-  ``_w`` / ``_v`` halves, and pre-0.10 layer-stacked keys).
+  ``_w`` / ``_v`` halves, and layer-stacked keys: Megatron-Core stores homogeneous decoders as
+  ``decoder.layers.<rest>`` with a leading layer axis, heterogeneous ones per layer).
 
 How TP splits a weight (Megatron-Core ``tensor_parallel/layers.py``): ColumnParallelLinear on dim 0
 (``linear_qkv``, ``linear_fc1``, ``output_layer``; the embedding is vocab-parallel on dim 0),
@@ -92,7 +93,7 @@ _LAYER_KEY = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 
 
 def is_fc1(sharded_key: str) -> bool:
-    return ".linear_fc1.weight" in sharded_key or ".linear_fc1.bias" in sharded_key
+    return sharded_key.endswith((".linear_fc1.weight", ".linear_fc1.bias"))
 
 
 def map_layer_key(suffix: str) -> Optional[Tuple[str, Split, Optional[int]]]:
@@ -127,3 +128,21 @@ def split_layer_key(key: str) -> Optional[Tuple[int, str]]:
     """(layer index, rest) of ``decoder.layers.<i>.<rest>``, or None."""
     match = _LAYER_KEY.match(key)
     return (int(match.group(1)), match.group(2)) if match else None
+
+
+def per_layer_request(key: str, global_shape, offsets, sizes):
+    """(key, shape, offsets, sizes) of a chunk in per-layer form.
+
+    Megatron-Core stores homogeneous decoders (no MoE, or MoE in every layer given as an int
+    frequency) with *layer-stacked* keys ``decoder.layers.<rest>`` and a leading layer axis, and
+    heterogeneous ones per layer (``decoder.layers.<i>.<rest>``). Sources are indexed per layer; a
+    chunk of a stacked key (one layer: size 1 on axis 0) becomes the same box of layer ``offsets[0]``.
+    """
+    parts = key.split(".")
+    if len(parts) > 2 and parts[0] == "decoder" and parts[1] == "layers" and not parts[2].isdigit():
+        if sizes[0] != 1:
+            raise ValueError(f"{key}: a chunk of a layer-stacked key must hold one layer")
+        rest = key[len("decoder.layers."):]
+        return (f"decoder.layers.{offsets[0]}.{rest}", tuple(global_shape[1:]), tuple(offsets[1:]),
+                tuple(sizes[1:]))
+    return key, tuple(global_shape), tuple(offsets), tuple(sizes)

@@ -20,14 +20,15 @@ def check_output(path: str, inputs: Iterable[str] = ()) -> None:
         if out == src or out.startswith(src + os.sep) or src.startswith(out + os.sep):
             raise ConversionError(f"output {path} overlaps the input {source}: write it somewhere else")
     parent = os.path.dirname(out) or "."
-    if not os.path.isdir(parent):
-        raise ConversionError(f"the parent directory of {path} does not exist")
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise ConversionError(f"the parent of {path} is not a directory")
 
 
 @contextlib.contextmanager
 def atomic_directory(path: str):
     """Yield a temporary sibling of ``path`` to fill; rename it to ``path`` on success, delete on error."""
     tmp = f"{path.rstrip(os.sep)}.tmp-{os.getpid()}"
+    os.makedirs(os.path.dirname(os.path.abspath(tmp)), exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -28,9 +27,11 @@ import torch
 
 from megatron_dllm.config import ModelConfig
 from megatron_dllm.convert import keymap
-from megatron_dllm.convert.dcp_io import DcpReader, is_torch_dist_dir
+from megatron_dllm.convert.dcp_io import DcpReader
 from megatron_dllm.convert.errors import ConversionError
 from megatron_dllm.convert.keymap import Split
+from megatron_dllm.convert.locate import DLLM_META, detect_format, find_checkpoint_dir, is_torch_dist_dir
+from megatron_dllm.convert.locate import rank_dirs as _rank_dirs
 from megatron_dllm.convert.safe_pickle import TensorRef, load_lazy
 from megatron_dllm.convert.source_config import (
     SourceLayout,
@@ -39,19 +40,20 @@ from megatron_dllm.convert.source_config import (
     model_config_from_meta,
 )
 
-TRACKER = "latest_checkpointed_iteration.txt"
-DLLM_META = "dllm_meta.json"
-_RANK_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?(?:_(\d{3}))?$")
 
 
 # --------------------------------------------------------------------------- tensors made of pieces
 @dataclass
 class Piece:
-    """A box of a global tensor stored in one place; ``read(offsets, sizes)`` is relative to it."""
+    """A box of a global tensor stored in one place; ``read(offsets, sizes)`` is relative to it.
+
+    ``load_into(out)``, when given, reads the whole piece straight into ``out`` (no second copy).
+    """
 
     offsets: Tuple[int, ...]
     sizes: Tuple[int, ...]
     read: Callable[[Tuple[int, ...], Tuple[int, ...]], torch.Tensor]
+    load_into: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
 
 def _numel(sizes) -> int:
@@ -75,6 +77,8 @@ class PieceTensor:
             raise ConversionError(f"{self.key}: box {offsets}+{sizes} outside {self.shape}")
         for piece in self.pieces:
             if piece.offsets == offsets and piece.sizes == sizes:
+                if out is not None and piece.load_into is not None:
+                    return piece.load_into(out)
                 data = piece.read((0,) * len(sizes), sizes)
                 return out.copy_(data) if out is not None else data
         result = out if out is not None else torch.empty(sizes, dtype=self.dtype)
@@ -146,7 +150,6 @@ class Source:
     config_origin: str             # "dllm_meta.json", "args", or "--model-config"
     layout: Optional[SourceLayout]
     meta: dict = field(default_factory=dict)
-    notes: List[str] = field(default_factory=list)
 
     def tensor(self, key: str, expected_shape: Optional[Tuple[int, ...]] = None):
         raise NotImplementedError
@@ -188,7 +191,7 @@ class TorchDistSource(Source):
                 self._used.add(candidate)
                 return DcpTensor(reader, candidate)
         layer = keymap.split_layer_key(key)
-        if layer is not None:  # pre-0.10 layer-stacked keys: decoder.layers.<rest> [L, ...]
+        if layer is not None:  # layer-stacked keys of homogeneous decoders: decoder.layers.<rest> [L, ...]
             index, rest = layer
             for candidate in [key] + keymap.torch_dist_aliases(key):
                 stacked = "decoder.layers." + keymap.split_layer_key(candidate)[1]
@@ -221,12 +224,13 @@ class TorchDistSource(Source):
 class LegacySource(Source):
     """Megatron-LM ``--ckpt-format torch`` checkpoint: one ``model_optim_rng.pt`` per model-parallel rank."""
 
-    def __init__(self, files: Dict[Tuple[int, int, int], str], states: Dict[Tuple[int, int, int], dict], **kwargs):
+    def __init__(self, states: Dict[Tuple[int, int, int], dict], **kwargs):
+        """``states``: the lazily unpickled file of each (TP, PP, EP) rank."""
         super().__init__(**kwargs)
         self._pieces: Dict[str, List[Piece]] = {}
         self._dtypes: Dict[str, torch.dtype] = {}
         self._used: set = set()
-        self._index(files, states)
+        self._index(states)
 
     def tensor_keys(self) -> List[str]:
         return list(self._pieces)
@@ -249,7 +253,7 @@ class LegacySource(Source):
         self._pieces.setdefault(key, []).append(piece)
         self._dtypes[key] = dtype
 
-    def _index(self, files, states) -> None:
+    def _index(self, states) -> None:
         cfg, lay = self.config, self.layout
         tp, pp, ep = (lay.tensor_model_parallel_size, lay.pipeline_model_parallel_size,
                       lay.expert_model_parallel_size)
@@ -315,12 +319,13 @@ def _unsqueeze_reader(read):
 def _pieces(ref: TensorRef, split: Split, t: int, tp: int, gated: bool, experts_local: int):
     """Pieces of one rank's local tensor ``ref`` placed in its global tensor (TP rank t of tp)."""
     shape = ref.shape
+    into = lambda out: ref.load(out=out)  # noqa: E731 - whole local tensor straight into a buffer
     if split == Split.REPLICATED:
-        return [Piece((0,) * len(shape), shape, _slice_loader(ref.load))] if t == 0 else []
+        return [Piece((0,) * len(shape), shape, _slice_loader(ref.load), into)] if t == 0 else []
     if split == Split.COLUMN:
-        return [Piece((t * shape[0],) + (0,) * (len(shape) - 1), shape, _slice_loader(ref.load))]
+        return [Piece((t * shape[0],) + (0,) * (len(shape) - 1), shape, _slice_loader(ref.load), into)]
     if split == Split.ROW:
-        return [Piece((0, t * shape[1]) + (0,) * (len(shape) - 2), shape, _slice_loader(ref.load))]
+        return [Piece((0, t * shape[1]) + (0,) * (len(shape) - 2), shape, _slice_loader(ref.load), into)]
     if split == Split.SWIGLU:
         return _swiglu_pieces(ref.shape, lambda a, b: ref.load(rows=(a, b)), t, tp)
     if split == Split.GROUPED_FC1:  # [h, E_l * 2F/T]: memory is [E_l, h, 2F/T]; expert e = block[e].T
@@ -382,54 +387,6 @@ def _swiglu_pieces(shape, load_rows, t: int, tp: int) -> List[Piece]:
 
 
 # --------------------------------------------------------------------------- finding and opening
-def find_checkpoint_dir(path: str) -> Tuple[str, Optional[int]]:
-    """(iteration directory, iteration) of the checkpoint under ``path``; ConversionError if none."""
-    if not os.path.exists(path):
-        raise ConversionError(f"checkpoint path {path} does not exist")
-    if not os.path.isdir(path):
-        raise ConversionError(f"checkpoint path {path} is not a directory")
-    tracker = os.path.join(path, TRACKER)
-    if os.path.isfile(tracker):
-        text = open(tracker).read().strip()
-        if text == "release":
-            directory, iteration = os.path.join(path, "release"), None
-        elif text.isdigit():
-            iteration = int(text)
-            directory = os.path.join(path, f"iter_{iteration:07d}")
-        else:
-            raise ConversionError(f"{tracker} is corrupt ({text!r}): it should hold an iteration number")
-        if not os.path.isdir(directory):
-            raise ConversionError(f"{tracker} names {os.path.basename(directory)} but {directory} is missing: "
-                                  "the checkpoint is partial")
-        return directory, iteration
-    if is_torch_dist_dir(path) or _rank_dirs(path):
-        match = re.search(r"iter_(\d+)$", os.path.normpath(path))
-        return path, int(match.group(1)) if match else None
-    if any(name.startswith("iter_") for name in os.listdir(path)):
-        raise ConversionError(f"{path} has iter_* directories but no {TRACKER}: pass one iteration directory")
-    raise ConversionError(f"no checkpoint found in {path} (no {TRACKER}, no torch_dist .metadata, "
-                          "no mp_rank_* directories)")
-
-
-def _rank_dirs(path: str) -> List[str]:
-    return sorted(name for name in os.listdir(path) if _RANK_DIR.match(name)
-                  and os.path.isdir(os.path.join(path, name)))
-
-
-def detect_format(directory: str) -> str:
-    """'torch_dist' or 'torch' for an iteration directory; ConversionError for anything else."""
-    if is_torch_dist_dir(directory):
-        return "torch_dist"
-    if _rank_dirs(directory):
-        return "torch"
-    if os.path.isfile(os.path.join(directory, "metadata.json")) or any(
-            name.endswith(".distcp") for name in os.listdir(directory)):
-        raise ConversionError(f"{directory} is a torch_dist checkpoint without its .metadata file: it is partial")
-    raise ConversionError(
-        f"{directory} has an unknown layout: expected a torch_dist checkpoint (.metadata, *.distcp) or "
-        "legacy rank directories (mp_rank_XX[_YYY][_ZZZ]/model_optim_rng.pt)")
-
-
 def open_source(path: str, model_config: Optional[ModelConfig] = None) -> Source:
     """Open the checkpoint under ``path`` read-only. ``model_config`` overrides the recorded config."""
     directory, iteration = find_checkpoint_dir(path)
@@ -474,7 +431,6 @@ def _open_legacy(root, directory, iteration, model_config) -> LegacySource:
     if args is None:
         raise ConversionError(f"{first} holds no 'args': cannot tell its parallel layout")
     layout = layout_from_args(args)
-    config = model_config or model_config_from_args(args, first)
     tp, pp, ep = (layout.tensor_model_parallel_size, layout.pipeline_model_parallel_size,
                   layout.expert_model_parallel_size)
     files = {}
@@ -487,6 +443,7 @@ def _open_legacy(root, directory, iteration, model_config) -> LegacySource:
     if missing:
         raise ConversionError(f"legacy checkpoint {directory} (TP {tp} x PP {pp} x EP {ep}) is partial: "
                               f"missing {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
+    config = model_config or model_config_from_args(args, first)
     states = {}
     for rank, file in files.items():
         state = state0 if file == first else load_lazy(file)
@@ -495,6 +452,19 @@ def _open_legacy(root, directory, iteration, model_config) -> LegacySource:
         states[rank] = state
     if iteration is None and isinstance(state0.get("iteration"), int):
         iteration = state0["iteration"]
-    return LegacySource(files, states, root=root, path=directory, format="torch", iteration=iteration,
+    return LegacySource(states, root=root, path=directory, format="torch", iteration=iteration,
                         config=config, config_origin="--model-config" if model_config else "args",
                         layout=layout, meta={"checkpoint_version": state0.get("checkpoint_version")})
+
+
+def read_dllm_checkpoint(path: str):
+    """(iteration dir, dllm_meta dict, ModelConfig) of a megatron_dllm checkpoint under ``path``."""
+    directory, _ = find_checkpoint_dir(path)
+    meta_file = os.path.join(directory, DLLM_META)
+    if not os.path.isfile(meta_file):
+        raise ConversionError(f"{directory} has no {DLLM_META}: not a megatron_dllm checkpoint")
+    if not is_torch_dist_dir(directory):
+        raise ConversionError(f"{directory} is not a torch_dist checkpoint (no .metadata): it is partial")
+    with open(meta_file) as handle:
+        meta = json.load(handle)
+    return directory, meta, model_config_from_meta(meta, meta_file)

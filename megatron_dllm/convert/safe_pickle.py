@@ -39,6 +39,9 @@ class Opaque:
     """Stand-in for an object of a class that is not on the allow-list (never executed)."""
 
     qualname = "?"
+    args: tuple = ()
+    kwargs: dict = {}
+    state = None
 
     def __init__(self, *args, **kwargs):
         self.args = args

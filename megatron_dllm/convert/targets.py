@@ -53,7 +53,8 @@ def target_layout(model_cfg: ModelConfig, padded_vocab: int) -> Tuple[List[Targe
     from megatron_dllm.model.builder import build_model
     from megatron_dllm.platform.distributed import init_model_parallel
 
-    build_cfg = dataclasses.replace(model_cfg, make_vocab_size_divisible_by=padded_vocab)
+    # Grouped-GEMM experts store the same sharded keys as SequentialMLP; build the portable one.
+    build_cfg = dataclasses.replace(model_cfg, make_vocab_size_divisible_by=padded_vocab, moe_grouped_gemm=False)
     parallel = ParallelConfig()
     init_model_parallel(parallel)
     model = build_model(build_cfg, parallel, meta=True)

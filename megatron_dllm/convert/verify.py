@@ -18,7 +18,6 @@ cross-entropy with a bidirectional mask on the same tokens, half of them replace
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Optional
 
@@ -27,9 +26,8 @@ import torch.nn.functional as F
 
 from megatron_dllm.config import ModelConfig, ParallelConfig
 from megatron_dllm.convert.errors import ConversionError
-from megatron_dllm.convert.keymap import VOCAB_KEYS
-from megatron_dllm.convert.readers import DLLM_META, Source, find_checkpoint_dir, open_source
-from megatron_dllm.convert.source_config import model_config_from_meta
+from megatron_dllm.convert.keymap import per_layer_request
+from megatron_dllm.convert.readers import DLLM_META, Source, open_source, read_dllm_checkpoint
 
 # Fields that may differ between the AR and the converted config without changing the function.
 _FREE_FIELDS = {"vocab_size", "seq_length", "max_position_embeddings", "hidden_dropout", "attention_dropout",
@@ -37,21 +35,11 @@ _FREE_FIELDS = {"vocab_size", "seq_length", "max_position_embeddings", "hidden_d
                 "moe_z_loss_coeff", "moe_router_bias_update_rate", "moe_router_load_balancing_type"}
 
 
-def read_dllm(path: str):
-    """(iteration dir, meta dict, ModelConfig) of a megatron_dllm checkpoint."""
-    directory, _ = find_checkpoint_dir(path)
-    meta_file = os.path.join(directory, DLLM_META)
-    if not os.path.isfile(meta_file):
-        raise ConversionError(f"{directory} has no {DLLM_META}: not a megatron_dllm checkpoint")
-    with open(meta_file) as handle:
-        meta = json.load(handle)
-    return directory, meta, model_config_from_meta(meta, meta_file)
-
-
 def _build(cfg: ModelConfig, rows: int, causal: bool):
     from megatron_dllm.model.builder import build_model
 
-    model = build_model(dataclasses.replace(cfg, make_vocab_size_divisible_by=rows), ParallelConfig(),
+    model = build_model(dataclasses.replace(cfg, make_vocab_size_divisible_by=rows, moe_grouped_gemm=False),
+                        ParallelConfig(),
                         causal=causal, attention_backend="sdpa")
     return model.eval()
 
@@ -82,13 +70,12 @@ def fill_from_source(model, source: Source) -> None:
         param.fill_(float("nan"))
     tensors, _ = _sharded_tensors(model)
     for sh in tensors:
-        lead = (1,) * sh.prepend_axis_num
-        sizes = lead + tuple(sh.local_shape)
-        src = source.tensor(sh.key, tuple(sh.global_shape))
-        if sh.key in VOCAB_KEYS and tuple(src.shape) != tuple(sh.global_shape):
-            raise ConversionError(f"{sh.key}: {list(src.shape)} vs model {list(sh.global_shape)}")
-        data = src.read_box(tuple(sh.global_offset), sizes)
-        sh.data.copy_(data.view(sh.data.shape))
+        sizes = (1,) * sh.prepend_axis_num + tuple(sh.local_shape)
+        key, shape, offsets, box = per_layer_request(sh.key, sh.global_shape, sh.global_offset, sizes)
+        src = source.tensor(key, shape)
+        if tuple(src.shape) != tuple(shape):
+            raise ConversionError(f"{key}: the source has shape {list(src.shape)}, the model {list(shape)}")
+        sh.data.copy_(src.read_box(offsets, box).view(sh.data.shape))
     missing = [name for name, p in model.named_parameters() if torch.isnan(p).any()]
     if missing:
         raise ConversionError(f"parameters not found in the source: {', '.join(missing[:3])}")
@@ -124,7 +111,7 @@ def verify(ar_path: str, dllm_path: str, *, batch: int = 2, seq_length: Optional
     from megatron_dllm.platform.distributed import init_model_parallel
 
     source = open_source(ar_path, model_config)
-    directory, meta, dcfg = read_dllm(dllm_path)
+    directory, meta, dcfg = read_dllm_checkpoint(dllm_path)
     scfg = source.config
     diffs = [f.name for f in dataclasses.fields(ModelConfig)
              if f.name not in _FREE_FIELDS and getattr(scfg, f.name) != getattr(dcfg, f.name)]

@@ -21,7 +21,7 @@ import torch
 
 from megatron_dllm.convert.dcp_io import DcpWriter
 from megatron_dllm.convert.errors import ConversionError
-from megatron_dllm.convert.keymap import VOCAB_KEYS
+from megatron_dllm.convert.keymap import VOCAB_KEYS, per_layer_request
 from megatron_dllm.convert.mask_token import MaskTokenPlan, fill_vocab_rows
 from megatron_dllm.convert.output import write_text
 from megatron_dllm.convert.targets import TargetObject, TargetTensor
@@ -30,35 +30,37 @@ ITERATION = 0
 
 
 def resolve_targets(source, targets: List[TargetTensor]) -> Dict[str, object]:
-    """Source tensor for every target key, shapes checked (metadata only, nothing is read)."""
+    """Source tensor for every target chunk's (per-layer) key, shapes checked; nothing is read."""
     found = {}
     for item in targets:
-        if item.key in found:
+        key, shape, _, _ = per_layer_request(item.key, item.global_shape, item.offsets, item.sizes)
+        if key in found:
             continue
-        tensor = source.tensor(item.key, item.global_shape)
-        expected = tuple(item.global_shape)
+        tensor = source.tensor(key, shape)
         got = tuple(tensor.shape)
-        if item.key in VOCAB_KEYS:
-            if got[1:] != expected[1:]:
-                raise ConversionError(f"{item.key}: the checkpoint has shape {list(got)}, the configuration "
-                                      f"needs [*, {expected[1]}]")
-        elif got != expected:
-            raise ConversionError(f"{item.key}: the checkpoint has shape {list(got)}, its configuration gives "
-                                  f"{list(expected)}: the recorded config does not describe this checkpoint")
-        found[item.key] = tensor
+        if key in VOCAB_KEYS:
+            if got[1:] != shape[1:]:
+                raise ConversionError(f"{key}: the checkpoint has shape {list(got)}, the configuration "
+                                      f"needs [*, {shape[1]}]")
+        elif got != shape:
+            raise ConversionError(f"{key}: the checkpoint has shape {list(got)}, its configuration gives "
+                                  f"{list(shape)}: the recorded config does not describe this checkpoint")
+        found[key] = tensor
     return found
 
 
-def produce(item: TargetTensor, tensor, plan: MaskTokenPlan) -> torch.Tensor:
+def produce(item: TargetTensor, resolved: Dict[str, object], plan: MaskTokenPlan) -> torch.Tensor:
     """The data of one output chunk, shape ``item.sizes``, in the source dtype."""
-    if item.key in VOCAB_KEYS:
+    key, _, offsets, sizes = per_layer_request(item.key, item.global_shape, item.offsets, item.sizes)
+    tensor = resolved[key]
+    if key in VOCAB_KEYS:
         if tuple(item.sizes) != tuple(item.global_shape):
-            raise ConversionError(f"{item.key}: expected one chunk for the whole vocabulary")
+            raise ConversionError(f"{key}: expected one chunk for the whole vocabulary")
         rows = min(tensor.shape[0], item.global_shape[0])
         out = torch.empty(item.global_shape, dtype=tensor.dtype)
         tensor.read_box((0,) * len(out.shape), (rows,) + tuple(out.shape[1:]), out=out[:rows])
         return fill_vocab_rows(out, plan, rows)
-    return tensor.read_box(item.offsets, item.sizes)
+    return tensor.read_box(offsets, sizes).view(item.sizes)
 
 
 def write_checkpoint(
@@ -77,7 +79,7 @@ def write_checkpoint(
     writer = DcpWriter(directory, max_file_bytes=max_file_bytes)
     largest = 0
     for item in targets:
-        data = produce(item, resolved[item.key], plan)
+        data = produce(item, resolved, plan)
         writer.add_tensor(item.key, item.global_shape, item.offsets, data)
         nbytes = data.numel() * data.element_size()
         largest = max(largest, nbytes)

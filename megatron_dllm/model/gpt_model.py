@@ -39,7 +39,13 @@ class PositionedRotaryEmbedding(RotaryEmbedding):
 
 
 class DiffusionGPTModel(GPTModel):
-    """GPTModel whose RoPE honours ``position_ids`` (both halves of ``[xt ; x0]`` at 0..L-1)."""
+    """GPTModel whose RoPE honours ``position_ids`` (both halves of ``[xt ; x0]`` at 0..L-1).
+
+    ``forward(..., logits_prefix=L)`` computes the output layer for the first L positions only (the
+    noisy half of ``[xt ; x0]``, the only one with a loss): the vocabulary projection of the clean
+    half is never computed. Without sequence parallelism only (under it each rank holds a slice of
+    the sequence, and the full logits are computed as before).
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -48,12 +54,23 @@ class DiffusionGPTModel(GPTModel):
         # Same state, same buffers: only forward() differs, so the checkpoint layout stays stock.
         self.rotary_pos_emb.__class__ = PositionedRotaryEmbedding
         self.rotary_pos_emb.table_len = self.max_sequence_length
+        self._logits_prefix = None
+        if self.post_process:
+            self.output_layer.register_forward_pre_hook(self._slice_before_output_layer)
 
-    def forward(self, input_ids, position_ids, attention_mask, *args, **kwargs):
+    def _slice_before_output_layer(self, module, args):
+        if self._logits_prefix is None or self.config.sequence_parallel:
+            return None
+        hidden = args[0]  # [s, b, h]
+        return (hidden[: self._logits_prefix],) + tuple(args[1:])
+
+    def forward(self, input_ids, position_ids, attention_mask, *args, logits_prefix=None, **kwargs):
         """Stock GPTModel.forward; ``position_ids [b, s]`` also drive RoPE when given."""
         rope = self.rotary_pos_emb
         rope.positions = position_ids
+        self._logits_prefix = logits_prefix
         try:
             return super().forward(input_ids, position_ids, attention_mask, *args, **kwargs)
         finally:
             rope.positions = None
+            self._logits_prefix = None

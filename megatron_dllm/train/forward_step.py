@@ -153,7 +153,8 @@ def make_forward_step(ctx: StepContext):
         if hook is not None:
             hook.sample_indices = batch["sample_index"].tolist()
             hook.iteration = ctx.iteration
-        logits = model(inputs.tokens, inputs.position_ids, inputs.attention_mask)
+        prefix = ctx.seq_length if ctx.layout == "bd" else None  # logits of the noisy half only
+        logits = model(inputs.tokens, inputs.position_ids, inputs.attention_mask, logits_prefix=prefix)
         return logits, make_loss_func(inputs, ctx)
 
     return forward_step

@@ -20,11 +20,21 @@ from megatron_dllm.train.loop import Setup, TrainState, build_scheduler, optimiz
 from megatron_dllm.train.preflight import block_schedule, check_checkpoint_config, train_iters
 
 
+def _checkpoint_mask_id(run):
+    """The mask token id recorded in the --load checkpoint (converted or trained), if any."""
+    ck = run.checkpoint
+    if not ck.load or not os.path.isdir(ck.load) or checkpointing.latest_iteration(ck.load) is None:
+        return None
+    meta = checkpointing.read_meta(ck.load, checkpointing.latest_iteration(ck.load))
+    return meta.get("mask_token_id")
+
+
 def token_ids(run):
     """(mask_token_id, eod_id, vocab_size) from the tokenizer, or the mock-data conventions."""
     d, data, m = run.diffusion, run.data, run.model
     if data.tokenizer_model:
-        tok = load_tokenizer(data.tokenizer_model, mask_token_id=d.mask_token_id)
+        mask_id = d.mask_token_id if d.mask_token_id is not None else _checkpoint_mask_id(run)
+        tok = load_tokenizer(data.tokenizer_model, mask_token_id=mask_id)
         if tok.vocab_size > m.padded_vocab_size(run.parallel.tensor_model_parallel_size):
             raise ConfigError(f"tokenizer has {tok.vocab_size} tokens but --vocab-size is {m.vocab_size}: "
                               f"pass --vocab-size {tok.vocab_size}")
@@ -33,8 +43,9 @@ def token_ids(run):
         else:
             mask = require_mask_token(tok)
         return mask, tok.eod_id, tok.vocab_size
-    # mock data: the last two ids of the vocabulary are [MASK] and EOD
-    mask = d.mask_token_id if d.mask_token_id is not None else m.vocab_size - 1
+    # mock data: the last two ids of the vocabulary are [MASK] and EOD (unless a checkpoint says)
+    mask = d.mask_token_id if d.mask_token_id is not None else _checkpoint_mask_id(run)
+    mask = mask if mask is not None else m.vocab_size - 1
     if not 0 <= mask < m.padded_vocab_size(1):
         raise ConfigError(f"--dllm-mask-token-id {mask} is outside the vocabulary (size {m.vocab_size})")
     return mask, m.vocab_size - 2, m.vocab_size

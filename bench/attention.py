@@ -10,9 +10,10 @@ Variants (same q / k / v, same BD + document mask, batch 1):
                 [1, 1, 2L, 2L], built from index tensors inside every call.
 
 Each sequence length runs in a fresh worker process (``--worker``): peak memory per variant, then
-interleaved timing rounds. Memory = peak during one warm fwd+bwd minus memory just before it (the
-inputs, the upstream gradient and the prebuilt masks are already allocated), plus what the variant
-keeps allocated between calls (megatron-core's global score buffer). See common.py.
+interleaved timing rounds. Memory = peak during one fwd+bwd minus memory just before it (the inputs,
+the upstream gradient and the prebuilt masks are already allocated). CPU: the variant's first call,
+RSS high-water mark. CUDA: a warm call (the first compiles) plus what the variant keeps allocated
+between calls (megatron-core's global score buffer). See common.py.
 
     python bench/attention.py --seq 1024 2048 4096 --heads 4 --groups 1       # CPU table
     python bench/attention.py --device cuda --seq 1024 2048 4096 8192 --heads 16 --groups 4
@@ -104,7 +105,12 @@ def _prototype_variants(allowed, heads, rep, head_dim, scale, dtype) -> dict:
 
 def build_variants(S: int, heads: int, groups: int, head_dim: int, block: int, device: str,
                    prototypes: bool = False):
-    """(variants: name -> forward fn(q, k, v), persistent_mib: name -> MiB kept between calls)."""
+    """The variants of one length and what the worker needs around them.
+
+    Returns (variants: name -> fn(q, k, v) -> out, persistent: name -> fn() -> MiB the variant keeps
+    allocated between calls, dense_float_mask: fn() building sdpa_dense's mask, allowed: the cached
+    bool mask [1, S, S], mask_mib: name -> MiB of the variant's prebuilt mask).
+    """
     import torch
     import torch.nn.functional as F
     from megatron.core import parallel_state
@@ -208,17 +214,26 @@ def worker(args) -> dict:
         return step
 
     steps = {name: step_fn(name) for name in variants}
-    # Warm call (lazy initialisation, compilation), then the memory of a warm call.
+    # CPU: the variant's first call in this process (RSS counts only pages a call touches, so memory
+    # allocated but never written, like megatron-core's score buffer that baddbmm(beta=0) ignores, costs
+    # nothing there). CUDA: a warm call (the first compiles), plus the bytes the variant keeps allocated
+    # between calls, which the allocator counts whether touched or not.
     memory = {}
     for name, step in steps.items():
-        outputs[name] = step().detach().float().cpu()
-        clear()
+        if device == "cuda":
+            outputs[name] = step().detach().float().cpu()
+            clear()
         with common.peak_memory(device) as pm:
-            step()
+            out = step()
+        if device != "cuda":
+            outputs[name] = out.detach().float().cpu()
+        del out
         clear()
         keep = persistent[name]()
-        memory[name] = {"added_mib": round(pm.added_mib + keep, 1), "transient_mib": round(pm.added_mib, 1),
-                        "persistent_mib": round(keep, 1), "peak_process_mib": round(pm.peak_mib, 1),
+        counted = keep if device == "cuda" else 0.0
+        memory[name] = {"added_mib": round(pm.added_mib + counted, 1), "call_mib": round(pm.added_mib, 1),
+                        "kept_between_calls_mib": round(keep, 1), "kept_counted": device == "cuda",
+                        "peak_process_mib": round(pm.peak_mib, 1),
                         "prebuilt_mask_mib": round(mask_mib.get(name, 0.0), 1),
                         "peak_reset_ok": pm.reset_ok}
     ref = outputs["ours"]
@@ -228,11 +243,10 @@ def worker(args) -> dict:
     mask_build = common.interleaved({"dense_float_mask": dense_float_mask}, rounds=args.rounds,
                                     warmup=1, device=device)["dense_float_mask"]
     density = float(allowed.float().mean())
-    base = "mcore"
     ratios = {
         "time_mcore_over_ours": round(common.paired_ratio(times["mcore"], times["ours"]), 3),
         "time_sdpa_dense_over_ours": round(common.paired_ratio(times["sdpa_dense"], times["ours"]), 3),
-        "mem_mcore_over_ours": round(memory[base]["added_mib"] / max(memory["ours"]["added_mib"], 1e-3), 2),
+        "mem_mcore_over_ours": round(memory["mcore"]["added_mib"] / max(memory["ours"]["added_mib"], 1e-3), 2),
         "mem_sdpa_dense_over_ours": round(memory["sdpa_dense"]["added_mib"]
                                           / max(memory["ours"]["added_mib"], 1e-3), 2),
     }
@@ -285,13 +299,17 @@ def run(seqs, heads=4, groups=1, head_dim=128, block=32, rounds=3, device="cpu",
             common.log(f"attention 2L={S} failed: {res.get('error') or res.get('stderr_tail', '')[-500:]}")
             res["seq_2L"] = S
         per_seq.append(res)
+    per_seq.sort(key=lambda r: r["seq_2L"])
     out = {
         "config": {"prototypes": prototypes, "heads": heads, "kv_groups": groups, "head_dim": head_dim, "batch": 1, "block_size": block,
                    "documents_per_window": 3, "rounds": rounds, "device": device,
-                   "memory_metric": "peak during a warm fwd+bwd minus memory before it, plus memory the "
-                                    "variant keeps between calls (mcore's global score buffer); CPU: RSS "
-                                    "high-water mark (VmHWM reset via /proc/self/clear_refs), CUDA: "
-                                    "max_memory_allocated"},
+                   "memory_metric": (
+                       "CPU: resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs) during "
+                       "the variant's first fwd+bwd in a fresh process, minus RSS before it (inputs, "
+                       "upstream gradient and prebuilt masks already allocated)" if device == "cpu" else
+                       "CUDA: max_memory_allocated during a warm fwd+bwd minus memory_allocated before it, "
+                       "plus what the variant keeps allocated between calls (megatron-core's global score "
+                       "buffer)")},
         "per_seq": per_seq,
     }
     out["ratios"] = {str(r["seq_2L"]): r.get("ratios") for r in per_seq}

@@ -73,17 +73,18 @@ def timed(fn: Callable[[], object], device: str = "cpu") -> float:
 
 
 def interleaved(fns: Dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
-                device: str = "cpu", after_each: Optional[Callable[[str], None]] = None
-                ) -> Dict[str, List[float]]:
+                device: str = "cpu", after_each: Optional[Callable[[str], None]] = None,
+                first_round: int = 0) -> Dict[str, List[float]]:
     """Time every function of ``fns`` ``rounds`` times, rotating the order each round.
 
     ``warmup`` untimed rounds come first. ``after_each(name)`` runs untimed after every call.
+    ``first_round`` offsets the rotation (to continue a sequence of rounds across calls).
     Returns name -> list of seconds (one per timed round).
     """
     names = list(fns)
     times: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(warmup + rounds):
-        shift = r % len(names)
+        shift = (first_round + r) % len(names)
         for name in names[shift:] + names[:shift]:
             dt = timed(fns[name], device)
             if r >= warmup:
@@ -268,7 +269,14 @@ def run_json(cmd: List[str], timeout: float, env: Optional[dict] = None) -> dict
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env or bench_env(), capture_output=True, text=True,
                               timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
+        # A worker that prints partial results (JSON lines as it goes) still reports what it finished.
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        partial = [l for l in out.splitlines() if l.startswith(JSON_MARK)]
+        if partial:
+            res = json.loads(partial[-1][len(JSON_MARK):])
+            res["partial"] = f"timed out after {timeout:.0f} s; rounds finished before that"
+            return res
         return {"status": "failed", "error": f"timed out after {timeout:.0f} s", "cmd": " ".join(cmd)}
     wall = time.perf_counter() - start
     lines = [l for l in proc.stdout.splitlines() if l.startswith(JSON_MARK)]

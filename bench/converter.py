@@ -4,7 +4,7 @@ An AR checkpoint is written by the normal entry point (``python -m megatron_dllm
 --dllm-objective ar --train-iters 1 --save DIR`` on a MoE of the size chosen below), then converted by
 ``tools/convert_ar_to_dllm.py --load DIR --save OUT`` under ``/usr/bin/time -v`` (wall time and
 "Maximum resident set size"), alternating with ``cp -r DIR COPY`` rounds. The converter's fixed cost
-(interpreter + imports: ``--help``) is reported beside it.
+(interpreter + the imports it makes) is reported beside it.
 
 If the converter does not exist yet, the result is ``{"status": "converter not available"}``.
 
@@ -41,6 +41,10 @@ SIZES = {
                "--vocab-size", "32000", "--moe-ffn-hidden-size", "512", "--num-experts", "16",
                "--moe-router-num-groups", "4", "--moe-shared-expert-intermediate-size", "512"],
 }
+
+
+STARTUP = ("import torch, megatron.core, megatron_dllm.convert.convert, megatron_dllm.platform.device, "
+           "megatron_dllm.platform.distributed")
 
 
 def converter_available() -> bool:
@@ -113,7 +117,8 @@ def run(size="small", rounds=2, timeout=900, keep=False) -> dict:
         if made["returncode"] != 0:
             return {"status": "failed", "stage": "write AR checkpoint", **made}
         ckpt_mib = dir_size_mib(src)
-        startup = _timed_run([sys.executable, TOOL, "--help"], env, timeout)
+        # Fixed cost of any converter run: the interpreter and the imports the tool makes.
+        startup = _timed_run([sys.executable, "-c", STARTUP], env, timeout)
         conv, cp = [], []
         last = {}
         for r in range(rounds):
@@ -139,12 +144,16 @@ def run(size="small", rounds=2, timeout=900, keep=False) -> dict:
             "convert_s": common.summary(conv_s),
             "cp_s": common.summary(cp),
             "converter_startup_s": round(startup["wall_s"], 2),
+            "startup_peak_rss_mib": round(startup.get("peak_rss_mib", 0.0), 1),
             "peak_rss_mib": round(max(rss), 1) if rss else None,
             "ratios": {
                 "convert_over_cp": round(common.paired_ratio(conv_s, cp), 1),
                 "convert_minus_startup_over_cp": round(
                     common.paired_ratio([c - startup["wall_s"] for c in conv_s], cp), 1),
                 "peak_rss_over_checkpoint_size": round(max(rss) / ckpt_mib, 2) if rss and ckpt_mib else None,
+                # working memory beyond the interpreter and imports, per MiB of converted weights
+                "peak_rss_above_startup_over_output_size": (
+                    round((max(rss) - startup.get("peak_rss_mib", 0.0)) / out_mib, 2) if rss and out_mib else None),
             },
             "cmd": "/usr/bin/time -v python tools/convert_ar_to_dllm.py --load AR_DIR --save OUT_DIR",
         }

@@ -65,28 +65,48 @@ def attention_table(att: dict) -> str:
         for n in r.get("time_s", {}):
             if n not in names:
                 names.append(n)
+    main = [n for n in names if not n.startswith("proto_")]
+    protos = [n for n in names if n.startswith("proto_")]
     head = (f"Head layout: {cfg['heads']} query / {cfg['kv_groups']} KV heads x {cfg['head_dim']}, batch 1, "
-            f"BD block {cfg['block_size']}, {cfg['documents_per_window']} packed documents, "
-            f"{cfg['rounds']} interleaved rounds, device {cfg['device']}.")
-    lines = [head, "",
-             "| 2L | " + " | ".join(f"{n} time" for n in names) + " | mcore / ours | sdpa_dense / ours | "
-             + " | ".join(f"{n} peak" for n in names) + " | mcore / ours mem | sdpa_dense / ours mem | "
-             "dense mask build | max abs diff vs ours |",
-             "|---" * (2 * len(names) + 7) + "|"]
-    for r in rows:
-        if "time_s" not in r:
-            lines.append(f"| {r.get('seq_2L')} | failed: {r.get('error') or 'see latest.json'} |")
-            continue
+            f"BD block {cfg['block_size']}, {cfg['documents_per_window']} packed documents per window, "
+            f"{cfg['rounds']} interleaved rounds, device {cfg['device']}. Times: median fwd+bwd seconds.")
+    ok = [r for r in rows if "time_s" in r]
+    failed = [r for r in rows if "time_s" not in r]
+    t_lines = ["| 2L | mask density | " + " | ".join(main) + " | mcore / ours | sdpa_dense / ours | "
+               "dense float mask build (in sdpa_dense) |",
+               "|---" * (len(main) + 5) + "|"]
+    m_lines = ["| 2L | " + " | ".join(main) + " | mcore / ours | sdpa_dense / ours |",
+               "|---" * (len(main) + 3) + "|"]
+    for r in ok:
         t, m, q = r["time_s"], r["memory"], r["ratios"]
-        diffs = ", ".join(f"{k} {v:.1e}" for k, v in r.get("max_abs_diff_vs_ours", {}).items())
-        lines.append(
-            f"| {r['seq_2L']} | " + " | ".join(_sec(t.get(n)) for n in names)
-            + f" | {q['time_mcore_over_ours']:.2f}x | {q['time_sdpa_dense_over_ours']:.2f}x | "
-            + " | ".join(_mib(m[n]["added_mib"]) if n in m else "-" for n in names)
-            + f" | {q['mem_mcore_over_ours']:.2f}x | {q['mem_sdpa_dense_over_ours']:.2f}x | "
-            f"{_sec(r.get('dense_float_mask_build_s'))} | {diffs} |")
-    lines += ["", "Peak memory = " + cfg["memory_metric"] + ". Times are medians of fwd+bwd."]
-    return "\n".join(lines)
+        t_lines.append(f"| {r['seq_2L']} | {100 * r['mask_density']:.1f}% | "
+                       + " | ".join(_sec(t.get(n)) for n in main)
+                       + f" | **{q['time_mcore_over_ours']:.2f}x** | {q['time_sdpa_dense_over_ours']:.2f}x | "
+                       f"{_sec(r.get('dense_float_mask_build_s'))} |")
+        m_lines.append(f"| {r['seq_2L']} | " + " | ".join(_mib(m[n]["added_mib"]) for n in main)
+                       + f" | **{q['mem_mcore_over_ours']:.2f}x** | {q['mem_sdpa_dense_over_ours']:.2f}x |")
+    for r in failed:
+        t_lines.append(f"| {r.get('seq_2L')} | failed: {r.get('error') or 'see the results JSON'} |")
+    out = [head, "", "Time:", "", *t_lines, "", "Peak memory added by one fwd+bwd:", "", *m_lines]
+    if protos and ok:
+        p_lines = ["| 2L | " + " | ".join(f"{n} time" for n in protos) + " | "
+                   + " | ".join(f"mcore / {n} time" for n in protos) + " | "
+                   + " | ".join(f"{n} peak" for n in protos) + " |",
+                   "|---" * (3 * len(protos) + 1) + "|"]
+        for r in ok:
+            t, m, q = r["time_s"], r["memory"], r["ratios"]
+            p_lines.append(f"| {r['seq_2L']} | " + " | ".join(_sec(t[n]) for n in protos) + " | "
+                           + " | ".join(f"{q[f'time_mcore_over_{n}']:.2f}x" for n in protos) + " | "
+                           + " | ".join(_mib(m[n]["added_mib"]) for n in protos) + " |")
+        out += ["", "Proposed fixes, prototyped in `bench/prototypes.py` (not package code, not used for the "
+                "goals): `proto_float_mask` = SDPA with a cached additive float mask; `proto_tiled` = "
+                "block-sparse SDPA over key tiles (256) that hold an allowed pair:", "", *p_lines]
+    diffs = "; ".join(f"2L={r['seq_2L']}: " + ", ".join(f"{k} {v:.0e}" for k, v in r["max_abs_diff_vs_ours"].items())
+                      for r in ok)
+    out += ["", "Peak memory = " + cfg["memory_metric"] + ". Prebuilt masks (ours: the cached bool mask, "
+            "2L x 2L bytes; mcore: its inverted copy) are inputs and not counted; sdpa_dense builds its float "
+            "mask inside the call, so it is counted. Max |output - ours|: " + diffs + "."]
+    return "\n".join(out)
 
 
 def step_table(res: dict) -> str:
@@ -100,7 +120,8 @@ def step_table(res: dict) -> str:
                 f"(B={res['global_batch_size']}, L={res['seq_length']}): "
                 + ", ".join(f"{k} {v / 1e12:.1f}" for k, v in f.items()))
     p = res["params"]
-    lines = [
+    partial = [f"**Partial**: {res['partial']}.", ""] if res.get("partial") else []
+    lines = partial + [
         f"Model `{res['model']}` ({p['total_params'] / 1e6:.1f}M total / {p['active_params'] / 1e6:.1f}M active "
         f"parameters), L = {res['seq_length']}, global batch {res['global_batch_size']} "
         f"(micro-batch {res['micro_batch_size']}) = {res['clean_tokens_per_step']} clean tokens per step, BD "
@@ -114,7 +135,11 @@ def step_table(res: dict) -> str:
     spread = res.get("ratio_spread", {})
     shares = {"ar": res["ratios"]["mask_share_ar"], "mdlm": res["ratios"]["noise_mask_share_mdlm"],
               "bd": res["ratios"]["noise_mask_share_bd"]}
-    for lay in ("ar", "mdlm", "bd"):
+    if "bd_half_logits" in res["step_s"]:
+        spread["bd_half_logits_over_ar"] = res.get("prototype", {}).get("bd_half_logits_over_ar", {})
+        shares["bd_half_logits"] = (res["prepare_s"]["bd_half_logits"]["prepare"]["median"]
+                                    / res["step_s"]["bd_half_logits"]["median"])
+    for lay in [x for x in ("ar", "mdlm", "bd", "bd_half_logits") if x in res["step_s"]]:
         s = res["step_s"][lay]
         pr = res["prepare_s"][lay]
         if lay == "ar":
@@ -122,6 +147,8 @@ def step_table(res: dict) -> str:
         else:
             sp = spread.get(f"{lay}_over_ar", {})
             vs = f"{sp.get('median', float('nan')):.3f}x ({sp.get('min', 0):.2f}-{sp.get('max', 0):.2f})"
+            if "fastest_over_fastest" in sp:
+                vs += f"; fastest/fastest {sp['fastest_over_fastest']:.3f}x"
         row = (f"| {lay} | {_s(s['median'])} s ({_s(s['min'])}-{_s(s['max'])}) | {vs} | "
                f"{res['tokens_per_s'][lay]:.0f} | {pr['prepare']['median'] * 1000:.1f} ms | "
                f"{pr['noise']['median'] * 1000:.1f} ms | {pr['mask']['median'] * 1000:.1f} ms | "
@@ -129,6 +156,11 @@ def step_table(res: dict) -> str:
         if res.get("mfu"):
             row += f" {res['flops_per_step'][lay] / 1e12:.1f} | {100 * res['mfu'][lay]:.1f}% |"
         lines.append(row)
+    if "prototype" in res:
+        lines += ["", "`bd_half_logits` (prototype of a fix, not package code, not used for the goals): the BD "
+                  "step with the output layer applied to the noisy half only (a forward pre-hook slices its "
+                  "input to the first L positions); it is "
+                  f"{res['prototype']['bd_half_logits_over_bd']['median']:.3f}x the time of the current BD step."]
     return "\n".join(lines)
 
 
@@ -148,12 +180,18 @@ def converter_table(res: dict) -> str:
         f"AR checkpoint: `{src['size']}` model ({src['checkpoint_mib']:.0f} MiB on disk, written by "
         f"`python -m megatron_dllm.pretrain ... --dllm-objective ar --train-iters 1 --save DIR`); "
         f"{res['convert_s']['n']} rounds.", "",
-        "| convert (wall) | cp -r (wall) | convert / cp | (convert - startup) / cp | converter startup (--help) "
-        "| converter peak RSS | peak RSS / checkpoint size | output size |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {_sec(res['convert_s'])} | {_sec(res['cp_s'])} | {q['convert_over_cp']:.1f}x | "
+        "| convert (wall) | cp -r (wall) | convert / cp | (convert - startup) / cp | startup (python + imports) "
+        "| converter peak RSS | startup peak RSS | peak RSS / checkpoint size | (peak - startup RSS) / output size "
+        "| output size |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {_sec(res['convert_s'])} | {_sec(res['cp_s'])} | **{q['convert_over_cp']:.1f}x** | "
         f"{q['convert_minus_startup_over_cp']:.1f}x | {res['converter_startup_s']:.2f} s | "
-        f"{_mib(res['peak_rss_mib'])} | {q['peak_rss_over_checkpoint_size']}x | {_mib(res['output_mib'])} |",
+        f"**{_mib(res['peak_rss_mib'])}** | {_mib(res.get('startup_peak_rss_mib'))} | "
+        f"{q['peak_rss_over_checkpoint_size']}x | {q.get('peak_rss_above_startup_over_output_size')}x | "
+        f"{_mib(res['output_mib'])} |",
+        "",
+        "The source directory holds the model and its optimizer state; the converter writes the model only "
+        "(`output size`). Both `cp -r` and the converter read a source that is in the page cache.",
     ])
 
 
@@ -163,7 +201,8 @@ def render(results: dict, gpu: dict = None) -> str:
         f"Measured {results.get('date')} on `{m.get('hostname')}`: {m.get('cpu_count')} x {m.get('cpu_model')}, "
         f"{m.get('mem_total_gib')} GiB RAM, Python {m.get('python')}, torch {m.get('torch')}, megatron-core "
         f"{m.get('megatron_core')}; torch threads {results.get('threads')}; load average at start "
-        f"{m.get('load_avg_1_5_15')} (machine shared with other jobs). `bench/run.py` took "
+        f"{m.get('load_avg_1_5_15')}, at end {m.get('load_avg_at_end')} (1/5/15 min; the machine is shared with "
+        f"other jobs). `bench/run.py` took "
         f"{results.get('wall_s', 0):.0f} s.", "",
         "Commands:", "", "```",
         *results.get("commands", []), "```", "",

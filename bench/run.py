@@ -37,13 +37,13 @@ PLANS = {
     "quick": {"attention": dict(seqs=[1024, 2048, 4096], heads=4, groups=1, head_dim=128, rounds=3,
                                 prototypes=True),
               "step_overhead": dict(model="cpu-moe", seq_length=512, micro_batch_size=2, global_batch_size=4,
-                                    rounds=3, warmup=1),
-              "converter": dict(size="small", rounds=2)},
+                                    rounds=5, warmup=1, prototypes=True),
+              "converter": dict(size="medium", rounds=2)},
     # full: LLaDA2.0-mini's whole head layout (16 query / 4 KV heads x 128).
     "full": {"attention": dict(seqs=[1024, 2048, 4096], heads=16, groups=4, head_dim=128, rounds=5,
                                prototypes=True),
              "step_overhead": dict(model="cpu-moe", seq_length=512, micro_batch_size=2, global_batch_size=4,
-                                   rounds=7, warmup=1),
+                                   rounds=7, warmup=1, prototypes=True),
              "converter": dict(size="medium", rounds=3)},
 }
 
@@ -57,7 +57,8 @@ def command_lines(plan: dict, threads: int, quick: bool) -> list:
         + (" --prototypes" if a.get("prototypes") else ""),
         f"  + python bench/step_overhead.py --model {s['model']} --seq-length {s['seq_length']} "
         f"--micro-batch-size {s['micro_batch_size']} --global-batch-size {s['global_batch_size']} "
-        f"--rounds {s['rounds']} --warmup {s['warmup']} --threads {threads}",
+        f"--rounds {s['rounds']} --warmup {s['warmup']} --threads {threads}"
+        + (" --prototypes" if s.get("prototypes") else ""),
         f"  + python bench/converter.py --size {c['size']} --rounds {c['rounds']}",
     ]
 

@@ -148,6 +148,25 @@ def _time_prepare(setup, layout: str, block: int, batches) -> dict:
     return out
 
 
+def half_logits_switch(setup, L: int) -> dict:
+    """Prototype of a fix (not package code): the output layer sees only the noisy half [:L].
+
+    A forward pre-hook on the output layer slices the hidden states ``[2L, b, h]`` to ``[L, b, h]``
+    while ``switch["on"]`` is True, so the BD step computes logits (and their backward) for the L
+    loss positions only; the loss already reads ``logits[:, :L]``, so nothing else changes.
+    """
+    switch = {"on": False}
+    module = setup.model[0].module if hasattr(setup.model[0], "module") else setup.model[0]
+
+    def pre_hook(_module, args, kwargs):
+        if switch["on"]:
+            args = (args[0][:L],) + tuple(args[1:])
+        return args, kwargs
+
+    module.output_layer.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    return switch
+
+
 def worker(args) -> dict:
     warnings.filterwarnings("ignore")
     import torch
@@ -160,8 +179,9 @@ def worker(args) -> dict:
     from megatron_dllm.train.preflight import check_run
 
     L, mbs, gbs, block = args.seq_length, args.micro_batch_size, args.global_batch_size, args.block
-    layouts = ["ar", "mdlm", "bd"]
-    blocks = {"ar": 1, "mdlm": L, "bd": block}
+    layouts = ["ar", "mdlm", "bd"] + (["bd_half_logits"] if args.prototypes else [])
+    blocks = {"ar": 1, "mdlm": L, "bd": block, "bd_half_logits": block}
+    real = {"bd_half_logits": "bd"}  # prototype variant -> the layout it runs
     iters = (args.warmup + args.rounds) * len(layouts) + 4
     run = parse_args(run_argv(args.model, L, mbs, gbs, iters, args.device, block))
     # A dry run only counts FLOPs: it runs on CPU (with the CPU shims) when CUDA is absent.
@@ -172,7 +192,7 @@ def worker(args) -> dict:
 
     check_run(run, dist.get_world_size())
     counts = count_model(run.model)
-    flops = {lay: flops_per_step(counts, run.model, lay, L, gbs, blocks[lay]) for lay in layouts}
+    flops = {lay: flops_per_step(counts, run.model, real.get(lay, lay), L, gbs, blocks[lay]) for lay in layouts}
     result = {
         "model": args.model, "model_flags": MODELS[args.model], "seq_length": L, "micro_batch_size": mbs,
         "global_batch_size": gbs, "clean_tokens_per_step": gbs * L, "bd_block_size": block,
@@ -197,29 +217,59 @@ def worker(args) -> dict:
     result["setup_s"] = round(time.perf_counter() - t0, 1)
     prep = {lay: {"prepare": [], "noise": [], "mask": []} for lay in layouts}
     losses = {lay: [] for lay in layouts}
+    switch = half_logits_switch(setup, L) if args.prototypes else None
 
-    def step_fn(layout):
+    def step_fn(variant):
+        layout = real.get(variant, variant)
+
         def step():
-            out = loop.run_step(setup, layout, blocks[layout])
-            losses[layout].append(out["totals"]["loss_sum"] / max(out["totals"]["num_tokens"], 1.0))
+            if switch is not None:
+                switch["on"] = variant == "bd_half_logits"
+            try:
+                out = loop.run_step(setup, layout, blocks[variant])
+            finally:
+                if switch is not None:
+                    switch["on"] = False
+            losses[variant].append(out["totals"]["loss_sum"] / max(out["totals"]["num_tokens"], 1.0))
         return step
 
-    def after(layout):
+    def after(variant):
         # Same micro-batches the step just used (cold mask cache), then advance to the next batch.
+        layout = real.get(variant, variant)
         mb = loop.micro_batch_size_for(run, layout)
         batches = loop.micro_batches(setup, setup.datasets[0], setup.state.consumed_samples, mb)
-        for key, value in _time_prepare(setup, layout, blocks[layout], batches).items():
-            prep[layout][key].append(value)
+        for key, value in _time_prepare(setup, layout, blocks[variant], batches).items():
+            prep[variant][key].append(value)
         setup.state.iteration += 1
         setup.state.consumed_samples += gbs
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = common.interleaved({lay: step_fn(lay) for lay in layouts}, rounds=args.rounds,
-                               warmup=args.warmup, device=device, after_each=after)
+    fns = {lay: step_fn(lay) for lay in layouts}
+    common.interleaved(fns, rounds=0, warmup=args.warmup, device=device, after_each=after)
     for lay in layouts:  # drop the warm-up rounds' preparation timings
         for key in prep[lay]:
-            prep[lay][key] = prep[lay][key][args.warmup:]
+            prep[lay][key] = []
+    times = {lay: [] for lay in layouts}
+    for r in range(args.rounds):
+        one = common.interleaved(fns, rounds=1, warmup=0, device=device, after_each=after,
+                                 first_round=args.warmup + r)
+        for lay in layouts:
+            times[lay] += one[lay]
+        # Results so far, printed after every round: a run cut short by a time limit still reports.
+        common.emit_json(_summarise(result, times, prep, losses, flops, peak, layouts, gbs, L, device,
+                                    args.prototypes))
+    result = _summarise(result, times, prep, losses, flops, peak, layouts, gbs, L, device, args.prototypes)
+    setup.logger.close()
+    teardown()
+    return result
+
+
+def _summarise(result, times, prep, losses, flops, peak, layouts, gbs, L, device, prototypes) -> dict:
+    """Result dict with the statistics of the rounds timed so far."""
+    import torch
+
+    result = dict(result)
     result["step_s"] = {lay: common.summary(ts) for lay, ts in times.items()}
     result["step_s_raw"] = {lay: [round(t, 4) for t in ts] for lay, ts in times.items()}
     result["prepare_s"] = {lay: {k: common.summary(v) for k, v in d.items()} for lay, d in prep.items()}
@@ -227,7 +277,8 @@ def worker(args) -> dict:
 
     def spread(num, den):
         rs = [a / b for a, b in zip(times[num], times[den])]
-        return {"median": round(common.median(rs), 3), "min": round(min(rs), 3), "max": round(max(rs), 3)}
+        return {"median": round(common.median(rs), 3), "min": round(min(rs), 3), "max": round(max(rs), 3),
+                "fastest_over_fastest": round(min(times[num]) / min(times[den]), 3)}
 
     result["ratios"] = {
         "mdlm_over_ar": spread("mdlm", "ar")["median"],
@@ -237,14 +288,19 @@ def worker(args) -> dict:
         "mask_share_ar": round(common.paired_ratio(prep["ar"]["prepare"], times["ar"]), 4),
     }
     result["ratio_spread"] = {"mdlm_over_ar": spread("mdlm", "ar"), "bd_over_ar": spread("bd", "ar")}
+    if prototypes:
+        result["prototype"] = {
+            "bd_half_logits_over_ar": spread("bd_half_logits", "ar"),
+            "bd_half_logits_over_bd": spread("bd_half_logits", "bd"),
+            "note": "bd step with the output layer restricted to the noisy half (forward pre-hook; not "
+                    "package code); not used for goals",
+        }
     if device == "cuda":
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
     if peak:
         result["mfu"] = {lay: round(flops[lay]["total"] / common.median(times[lay]) / peak, 4) for lay in layouts}
     result["tokens_per_s"] = {lay: round(gbs * L / common.median(times[lay]), 1) for lay in layouts}
     result["threads"] = torch.get_num_threads()
-    setup.logger.close()
-    teardown()
     return result
 
 
@@ -266,13 +322,15 @@ def goals(res: dict) -> list:
 
 
 def run(model="cpu-moe", seq_length=512, micro_batch_size=2, global_batch_size=4, block=32, rounds=3,
-        warmup=1, device="cpu", threads=0, dry_run=False, timeout=1800, deadline=None) -> dict:
+        warmup=1, device="cpu", threads=0, dry_run=False, prototypes=False, timeout=1800, deadline=None) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model", model,
            "--seq-length", str(seq_length), "--micro-batch-size", str(micro_batch_size),
            "--global-batch-size", str(global_batch_size), "--block", str(block), "--rounds", str(rounds),
            "--warmup", str(warmup), "--device", device, "--threads", str(threads)]
     if dry_run:
         cmd.append("--dry-run")
+    if prototypes:
+        cmd.append("--prototypes")
     common.log(f"step overhead: {model} L={seq_length} B={global_batch_size} (mbs {micro_batch_size}), "
                f"{rounds} rounds, {device}{' (dry run)' if dry_run else ''}")
     if deadline is not None:
@@ -295,6 +353,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--dry-run", action="store_true",
                    help="parse, build the model on the meta device and count FLOPs; no training (CPU ok)")
+    p.add_argument("--prototypes", action="store_true",
+                   help="also time a BD step whose output layer sees only the noisy half (proposed fix)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json-out")
     args = p.parse_args(argv)
@@ -302,7 +362,7 @@ def main(argv=None) -> int:
         common.emit_json(worker(args))
         return 0
     res = run(args.model, args.seq_length, args.micro_batch_size, args.global_batch_size, args.block,
-              args.rounds, args.warmup, args.device, args.threads, args.dry_run)
+              args.rounds, args.warmup, args.device, args.threads, args.dry_run, args.prototypes)
     if args.json_out:
         common.write_json(args.json_out, res)
     import report

@@ -11,7 +11,9 @@ Mask contract (differs from Megatron's, where True means "masked out"):
     must allow at least one key (a row with none gives NaN, as softmax over nothing).
 
 Backends (``backend=`` spec parameter):
-    ``sdpa``  torch scaled_dot_product_attention with a dense bool mask (CPU default; any device).
+    ``sdpa``  torch scaled_dot_product_attention with a dense bool mask (CPU default; any device);
+              on CPU for long sequences it runs block-sparse (``sparse_sdpa.py``: empty key tiles
+              are skipped).
     ``flex``  FlexAttention with a block-sparse ``BlockMask``; compiled on CUDA (skips empty tiles).
     ``te``    Transformer Engine fused attention with an arbitrary mask (when TE is installed).
     ``auto``  flex on CUDA, sdpa elsewhere.
@@ -34,6 +36,8 @@ import torch.nn.functional as F
 from megatron.core import tensor_parallel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
+
+from megatron_dllm.model import sparse_sdpa
 
 BACKENDS = ("auto", "sdpa", "flex", "te")
 
@@ -196,10 +200,13 @@ class DiffusionCoreAttention(MegatronModule):
                 if dropout and not self.config.sequence_parallel
                 else contextlib.nullcontext()
             )
-            with rng:
-                out = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
-                    scale=self.softmax_scale,
-                )
+            if mask is not None and not dropout and sparse_sdpa.usable(mask, q, k):
+                out = sparse_sdpa.sparse_sdpa(q, k, v, mask, self.softmax_scale)  # CPU, skips empty tiles
+            else:
+                with rng:
+                    out = F.scaled_dot_product_attention(
+                        q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
+                        scale=self.softmax_scale,
+                    )
         # [b, h, s, d] -> [s, b, h * d]
         return out.permute(2, 0, 1, 3).reshape(sq, b, np_ * hn)

@@ -141,3 +141,56 @@ def test_te_backend_without_te_says_how_to_fix():
         pytest.skip("Transformer Engine is installed here; the GPU suite covers the te backend")
     with pytest.raises(RuntimeError, match=r"install megatron_dllm\[gpu\]"):
         DiffusionCoreAttention(_config(), 1, AttnMaskType.arbitrary, "self", backend="te")
+
+
+def _bd_doc_mask(L, block, seed):
+    from megatron_dllm.diffusion import masks
+
+    gen = torch.Generator().manual_seed(seed)
+    docs = (torch.rand(1, L, generator=gen) < 0.01).long().cumsum(-1)
+    return masks.block_diffusion_mask(L, block, docs)  # [1, 2L, 2L]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_block_sparse_cpu_path_matches_reference_and_skips_tiles(seed):
+    from megatron_dllm.model import sparse_sdpa
+
+    L = 384  # 2L = 768: three 256-tiles, the sparse path is taken
+    allowed = _bd_doc_mask(L, 32, seed)
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(2 * L, 1, 4, 8, generator=gen)
+    k = torch.randn(2 * L, 1, 2, 8, generator=gen)
+    v = torch.randn(2 * L, 1, 2, 8, generator=gen)
+    attn = DiffusionCoreAttention(_config(), 1, AttnMaskType.arbitrary, "self", backend="sdpa")
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    ref_leaves = [x.double().clone().requires_grad_() for x in (q, k, v)]
+    out = attn(*leaves, allowed)
+    torch.testing.assert_close(out.double(), _reference(q, k, v, allowed), rtol=1e-5, atol=1e-6)
+    weight = torch.randn(out.shape, generator=gen)
+    (out * weight).sum().backward()
+    (_reference(*ref_leaves, allowed) * weight.double()).sum().backward()
+    for got, ref in zip(leaves, ref_leaves):
+        torch.testing.assert_close(got.grad.double(), ref.grad, rtol=1e-4, atol=1e-5)
+    plan = sparse_sdpa.plans_for(allowed[:, None], torch.float32)[0]
+    kept = sum(b - a for ranges, _ in plan for a, b in ranges)
+    assert kept < (2 * L) * len(plan)  # some key tiles were skipped
+    # a key hidden from a query tile leaves those queries bit-identical
+    k2 = k.clone()
+    k2[0] += 3.0  # noisy position 0: only block 0 of the noisy half may see it
+    out2 = attn(q, k2, v, allowed)
+    hidden = ~allowed[0, :, 0]
+    assert torch.equal(out2[hidden], out.detach()[hidden])
+
+
+def test_block_sparse_path_with_per_row_documents():
+    from megatron_dllm.diffusion import masks
+
+    L = 256
+    gen = torch.Generator().manual_seed(5)
+    docs = (torch.rand(2, L, generator=gen) < 0.02).long().cumsum(-1)
+    allowed = masks.block_diffusion_mask(L, 16, docs)  # [2, 2L, 2L]
+    q = torch.randn(2 * L, 2, 4, 8, generator=gen)
+    k = torch.randn(2 * L, 2, 4, 8, generator=gen)
+    v = torch.randn(2 * L, 2, 4, 8, generator=gen)
+    attn = DiffusionCoreAttention(_config(4, 4, 8), 1, AttnMaskType.arbitrary, "self", backend="sdpa")
+    torch.testing.assert_close(attn(q, k, v, allowed).double(), _reference(q, k, v, allowed), rtol=1e-5, atol=1e-6)

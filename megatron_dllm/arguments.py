@@ -160,10 +160,10 @@ def _coerce(dest: str, value, table):
         if nargs:
             items = value if isinstance(value, list) else str(value).split()
             out = [typ(v) for v in items]
+        elif isinstance(value, list) and typ is not _parse_layer_freq:
+            raise ValueError("a list where a single value is expected")
         else:
-            out = typ(value) if not isinstance(value, list) or typ is _parse_layer_freq else None
-            if out is None:
-                raise ValueError("a list where a single value is expected")
+            out = typ(value)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
         raise ConfigError(f"{_flag(f)}: invalid value {value!r} ({exc})") from exc
     choices = f.metadata.get("choices")

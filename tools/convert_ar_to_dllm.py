@@ -53,14 +53,11 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     from megatron_dllm.convert.errors import ConversionError
-    from megatron_dllm.convert.locate import locate
-    from megatron_dllm.convert.output import check_output
+    from megatron_dllm.convert.output import early_path_error
 
-    try:  # path errors first, before torch is even imported
-        check_output(args.save, inputs=[args.load])
-        locate(args.load)
-    except (ConversionError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    message = early_path_error(args.save, args.load)  # path errors first, before torch is imported
+    if message:
+        print(message, file=sys.stderr)
         return 2
     from megatron_dllm.convert.convert import ConvertRequest, prepare, resume_flags, run
 

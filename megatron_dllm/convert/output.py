@@ -52,3 +52,15 @@ def write_text(path: str, text: str) -> None:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def early_path_error(save: str, load: str):
+    """The one-line error for a bad --load / --save pair, or None (checked before torch is imported)."""
+    from megatron_dllm.convert.locate import locate
+
+    try:
+        check_output(save, inputs=[load])
+        locate(load)
+    except (ConversionError, OSError) as exc:
+        return f"error: {exc}"
+    return None

@@ -9,6 +9,5 @@ Modules (import what you need; this package imports nothing heavy):
     datasets    build_datasets (imports Megatron-Core)
     sampler     GlobalBatchSampler
     batch       collate, document_ids_from_eod
-    loader      micro_batch_loader (DataLoader over the sampler)
     synthetic   tiny corpora and sentencepiece models for tests
 """

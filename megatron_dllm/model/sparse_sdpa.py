@@ -36,7 +36,8 @@ def _ranges(tiles: torch.Tensor, tile: int) -> List[Tuple[int, int]]:
     return out
 
 
-def _plan_one(allowed: torch.Tensor, tile: int, dtype: torch.dtype) -> Plan:
+def plan_one(allowed: torch.Tensor, tile: int, dtype: torch.dtype) -> Plan:
+    """Tile plan of one [S, S] bool mask: per query tile, its key ranges and additive mask slice."""
     S = allowed.shape[-1]
     n = S // tile
     any_tile = allowed.view(n, tile, n, tile).any(dim=3).any(dim=1)
@@ -67,29 +68,33 @@ def plans_for(mask: torch.Tensor, dtype: torch.dtype) -> List[Plan]:
     cached = _PLANS.get(id(owner))
     if cached is not None and cached[0]() is owner and cached[1:3] == (dtype, tuple(mask.shape)):
         return cached[3]
-    plans = [_plan_one(mask[r, 0], TILE, dtype) for r in range(mask.shape[0])]
+    plans = [plan_one(mask[r, 0], TILE, dtype) for r in range(mask.shape[0])]
     if cached is None:
         weakref.finalize(owner, _PLANS.pop, id(owner), None)
     _PLANS[id(owner)] = (weakref.ref(owner), dtype, tuple(mask.shape), plans)
     return plans
 
 
+def run_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, scale: float,
+             tile: int = TILE) -> torch.Tensor:
+    """Attention of q [n, h, S, d] over k / v [n, h, S, d] following one tile plan -> [n, h, S, d]."""
+    outs = []
+    for i, (ranges, sub_mask) in enumerate(plan):
+        if len(ranges) == 1:
+            a, b = ranges[0]
+            kk, vv = k[:, :, a:b], v[:, :, a:b]
+        else:
+            kk = torch.cat([k[:, :, a:b] for a, b in ranges], dim=2)
+            vv = torch.cat([v[:, :, a:b] for a, b in ranges], dim=2)
+        outs.append(F.scaled_dot_product_attention(q[:, :, i * tile:(i + 1) * tile], kk, vv,
+                                                   attn_mask=sub_mask, scale=scale))
+    return torch.cat(outs, dim=2)
+
+
 def sparse_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     """q, k, v [b, h, S, d] (same heads), mask [b or 1, 1, S, S] bool (True = may attend) -> [b, h, S, d]."""
     plans = plans_for(mask, q.dtype)
-    rows = []
-    for r in range(q.shape[0]):
-        plan = plans[r if len(plans) > 1 else 0]
-        qr, kr, vr = q[r:r + 1], k[r:r + 1], v[r:r + 1]
-        outs = []
-        for i, (ranges, sub_mask) in enumerate(plan):
-            if len(ranges) == 1:
-                a, b = ranges[0]
-                kk, vv = kr[:, :, a:b], vr[:, :, a:b]
-            else:
-                kk = torch.cat([kr[:, :, a:b] for a, b in ranges], dim=2)
-                vv = torch.cat([vr[:, :, a:b] for a, b in ranges], dim=2)
-            outs.append(F.scaled_dot_product_attention(qr[:, :, i * TILE:(i + 1) * TILE], kk, vv,
-                                                       attn_mask=sub_mask, scale=scale))
-        rows.append(torch.cat(outs, dim=2))
-    return torch.cat(rows, dim=0)
+    if len(plans) == 1:  # one mask for the whole batch
+        return run_plan(q, k, v, plans[0], scale)
+    return torch.cat([run_plan(q[r:r + 1], k[r:r + 1], v[r:r + 1], plans[r], scale)
+                      for r in range(q.shape[0])], dim=0)

@@ -9,7 +9,7 @@ framework normalises gradients by the token count summed over micro-batches and 
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from megatron.core import parallel_state
@@ -103,12 +103,14 @@ def train_step(
 def reduce_reports(reports: List[Dict], keys=("loss_sum", "num_tokens")) -> Dict[str, float]:
     """Sum report entries over micro-batches and data-parallel ranks, broadcast from the last stage.
 
-    Every rank gets the same numbers (PP stages other than the last contribute zeros).
+    Every rank gets the same numbers (PP stages other than the last contribute zeros). The entries
+    stay on the device until one reduction and one copy to the host at the end.
     """
-    sums = torch.zeros(len(keys), dtype=torch.float64, device=comm_device())
+    device = comm_device()
+    sums = torch.zeros(len(keys), dtype=torch.float64, device=device)
     for report in reports:
-        for i, key in enumerate(keys):
-            sums[i] += float(report[key])
+        sums += torch.stack([torch.as_tensor(report[key]).to(device=device, dtype=torch.float64)
+                             for key in keys])
     group = parallel_state.get_data_parallel_group()
     torch.distributed.all_reduce(sums, group=group)
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
@@ -116,7 +118,3 @@ def reduce_reports(reports: List[Dict], keys=("loss_sum", "num_tokens")) -> Dict
     sums = sums.cpu()
     return {key: sums[i].item() for i, key in enumerate(keys)}
 
-
-def microbatch_iterator(batches: List[Dict]) -> Iterator[Dict]:
-    """An iterator over prepared micro-batches (what Megatron's schedules call data_iterator)."""
-    return iter(batches)

@@ -5,31 +5,24 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import os
 import time
 from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.optimizer import OptimizerConfig
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from megatron_dllm.config import ConfigError
 from megatron_dllm.data.batch import collate
 from megatron_dllm.data.sampler import GlobalBatchSampler
 from megatron_dllm.diffusion.noising import NoiseConfig
-from megatron_dllm.model.builder import build_model_chunks
 from megatron_dllm.model.core_attention import resolve_backend
 from megatron_dllm.model.embedding_noise import EmbeddingNoise
 from megatron_dllm.train import checkpointing
-from megatron_dllm.train.engine import build_optimizer, reduce_reports, train_step, wrap_ddp
+from megatron_dllm.train.engine import reduce_reports, train_step
 from megatron_dllm.train.forward_step import StepContext, make_forward_step
 from megatron_dllm.train.logging import MetricsLogger
-from megatron_dllm.train.preflight import block_schedule, train_iters
 from megatron_dllm.train.signals import ExitSignalHandler
 
 

@@ -16,7 +16,6 @@ from megatron_dllm.data.config import DataConfig
 from megatron_dllm.data.datasets import (MockDocuments, build_datasets, parse_data_path, parse_split,
                                         same_position_sample)
 from megatron_dllm.data.errors import DataError
-from megatron_dllm.data.loader import micro_batch_loader
 from megatron_dllm.data.preprocess import preprocess_jsonl
 from megatron_dllm.data.sampler import GlobalBatchSampler
 from megatron_dllm.data.synthetic import (WORDS_A, WORDS_B, synthetic_lines, train_sentencepiece,
@@ -323,26 +322,11 @@ def test_mock_documents_have_learnable_patterns():
     assert kinds == {"count", "ngram", "copy"}
 
 
-def test_micro_batch_loader_follows_the_sampler(process_group, corpora):
-    train = build_datasets(DataConfig(data_path=[corpora["a"]], split="1,0,0"), seq_length=L,
-                           num_samples=(20, 0, 0), seed=2, eod_id=EOD)[0]
-    n = len(train)
-    sampler = GlobalBatchSampler(n, n - 6, 8, 2, 1, 2)  # wraps around the end of the dataset
-    loader = micro_batch_loader(train, sampler, start_step=1)
-    for step in (1, 2):
-        for mb in sampler.micro_batches_for_step(step):
-            got = next(loader)
-            want = collate([train[g % n] for g in mb], mb)
-            assert got["sample_index"].tolist() == mb
-            assert all(torch.equal(got[k], want[k]) for k in want)
-
-
 def _two_rank_worker(rank, world_size, prefix, cache_dir):
     cfg = DataConfig(data_path=[prefix], split="8,1,1", data_cache_path=cache_dir)
     train, _, _ = build_datasets(cfg, seq_length=L, num_samples=(64, 8, 8), seed=7, eod_id=EOD)
     sampler = GlobalBatchSampler(len(train), 0, 8, 2, rank, world_size)
-    loader = micro_batch_loader(train, sampler)
-    seen = [next(loader)["sample_index"].tolist() for _ in range(4)]
+    seen = [mb for step in range(2) for mb in sampler.micro_batches_for_step(step)]
     return {"tokens": [train[i]["tokens"].tolist() for i in range(len(train))], "seen": seen,
             "cache": sorted(os.listdir(cache_dir))}
 

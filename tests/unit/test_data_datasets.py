@@ -11,7 +11,7 @@ import sentencepiece
 import torch
 import torch.distributed as dist
 
-from megatron_dllm.data.batch import collate, document_ids_from_eod
+from megatron_dllm.data.batch import document_ids_from_eod
 from megatron_dllm.data.config import DataConfig
 from megatron_dllm.data.datasets import (MockDocuments, build_datasets, parse_data_path, parse_split,
                                         same_position_sample)

@@ -98,9 +98,9 @@ def attention_table(att: dict) -> str:
             p_lines.append(f"| {r['seq_2L']} | " + " | ".join(_sec(t[n]) for n in protos) + " | "
                            + " | ".join(f"{q[f'time_mcore_over_{n}']:.2f}x" for n in protos) + " | "
                            + " | ".join(_mib(m[n]["added_mib"]) for n in protos) + " |")
-        out += ["", "Proposed fixes, prototyped in `bench/prototypes.py` (not package code, not used for the "
-                "goals): `proto_float_mask` = SDPA with a cached additive float mask; `proto_tiled` = "
-                "block-sparse SDPA over key tiles (256) that hold an allowed pair:", "", *p_lines]
+        out += ["", "Variants not used for the goals: `proto_float_mask` = SDPA with a cached additive float "
+                "mask (a proposed fix, not package code); `proto_tiled` = the package's block-sparse SDPA "
+                "(`megatron_dllm/model/sparse_sdpa.py`) called directly with a prebuilt plan:", "", *p_lines]
     diffs = "; ".join(f"2L={r['seq_2L']}: " + ", ".join(f"{k} {v:.0e}" for k, v in r["max_abs_diff_vs_ours"].items())
                       for r in ok)
     out += ["", "Peak memory = " + cfg["memory_metric"] + ". Prebuilt masks (ours: the cached bool mask, "

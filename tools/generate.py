@@ -6,7 +6,9 @@
     torchrun --nproc-per-node 2 tools/generate.py --load CKPT --tensor-model-parallel-size 2 ...
 
 Prints each completion (or, with --json, one object per prompt: text, tokens, num_tokens,
-num_forward_passes, tokens_per_forward, seconds).
+num_forward_passes, tokens_per_forward, seconds, decoder). An AR checkpoint (objective ``ar`` in its
+metadata, e.g. the source of a conversion) is decoded greedily left to right instead, one token per
+forward, up to --gen-length tokens.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def main(argv=None) -> int:
     import torch.distributed as dist
 
     try:
+        from megatron_dllm.generate.ar_decoding import greedy_ar
         from megatron_dllm.generate.decoding import DecodeConfig, decode
         from megatron_dllm.generate.kv_cache import DecodeCache, attach
         from megatron_dllm.generate.loading import full_vocab_forward, load_for_inference
@@ -99,18 +102,25 @@ def main(argv=None) -> int:
         prompts = [(text, tok.encode(text)) for text in prompts_text]
         prompts += [(None, [int(t) for t in ids.split()]) for ids in args.prompt_ids]
         forward = full_vocab_forward(model, model_cfg.vocab_size)
+        is_ar = meta.get("objective") == "ar"
+        if is_ar and dist.get_rank() == 0 and not args.json:
+            print("note: an AR checkpoint: greedy next-token decoding", file=sys.stderr)
         rank0 = dist.get_rank() == 0
         for text, ids in prompts:
             cache = DecodeCache() if cfg.use_cache else None
             attach(model, cache)
-            out = decode(ids, forward, cfg, device=device, cache=cache)
+            if is_ar:
+                out = greedy_ar(ids, forward, cfg.gen_length, eos_id=eos, device=device, cache=cache)
+            else:
+                out = decode(ids, forward, cfg, device=device, cache=cache)
             attach(model, None)
             if not rank0:
                 continue
             completion = tok.decode(out.tokens) if tok else " ".join(map(str, out.tokens))
             record = {"prompt": text if text is not None else ids, "text": completion, "tokens": out.tokens,
                       "num_tokens": len(out.tokens), "num_forward_passes": out.num_forward_passes,
-                      "tokens_per_forward": out.tokens_per_forward, "seconds": round(out.seconds, 4)}
+                      "tokens_per_forward": out.tokens_per_forward, "seconds": round(out.seconds, 4),
+                      "decoder": "ar" if is_ar else "diffusion"}
             print(json.dumps(record) if args.json else completion, flush=True)
     except (ConfigError, DataError, ValueError) as exc:
         if dist.get_rank() == 0:

@@ -1,7 +1,9 @@
 """Block-wise semi-autoregressive diffusion decoding with confidence thresholds (METHOD.md 10).
 
 The output is laid out in blocks aligned to absolute position 0 (the prompt's last block may be
-partial). Block by block, every step runs the model, samples a token at each still-masked slot of the
+partial). The sequence ends at prompt + gen_length: slots after it that complete the last block are
+computed (shapes stay whole blocks, as sequence parallelism wants) but no query attends to them, so
+the model sees exactly the slots it is asked to fill. Block by block, every step runs the model, samples a token at each still-masked slot of the
 block, and accepts all whose probability exceeds ``threshold``, or else the ``quota`` most confident
 (the block length split evenly over ``steps``). With a KV cache, the prompt's complete blocks and each
 finished block are committed once and every decoding step feeds only the current block.
@@ -118,8 +120,13 @@ def decode(prompt: List[int], forward: Callable, cfg: DecodeConfig, *, device="c
         raise ValueError("use_cache needs a DecodeCache attached to the model")
     start = time.perf_counter()
     LB, P = cfg.block_length, len(prompt)
-    total = -(-(P + cfg.gen_length) // LB) * LB
-    x = torch.full((1, total), cfg.mask_id, dtype=torch.long, device=device)
+    total = P + cfg.gen_length
+    padded = -(-total // LB) * LB
+    x = torch.full((1, padded), cfg.mask_id, dtype=torch.long, device=device)
+    # block-causal; keys past the end are invisible, and each padding slot sees itself only
+    index = torch.arange(padded, device=device)
+    attend = masks.block_causal_mask(padded, LB, device=device) & (index < total)[None, :]
+    attend = attend | torch.eye(padded, dtype=torch.bool, device=device)
     x[0, :P] = torch.tensor(prompt, dtype=torch.long, device=device)
     quotas = step_quotas(LB, cfg.steps)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -128,26 +135,25 @@ def decode(prompt: List[int], forward: Callable, cfg: DecodeConfig, *, device="c
 
     def run(lo: int, hi: int, commit: bool = False):
         positions = torch.arange(lo, hi, device=device)[None]
+        mask = attend[:hi, :hi]
         if cfg.use_cache:
             cache.commit = commit
-            # rows lo..hi against keys 0..hi (cached prefix + this call); block-causal
-            mask = masks.block_causal_mask(hi, LB, device=device)[lo:hi]
-            try:
-                return forward(x[:, lo:hi], positions, mask)
+            try:  # rows lo..hi against keys 0..hi (cached prefix + this call)
+                return forward(x[:, lo:hi], positions, mask[lo:])
             finally:
                 cache.commit = False
-        mask = masks.block_causal_mask(hi, LB, device=device)
         return forward(x[:, :hi], torch.arange(hi, device=device)[None], mask)[:, lo:hi]
 
     if cfg.use_cache and first_block > 0:
         run(0, first_block * LB, commit=True)
         result.num_cache_passes += 1
     stop = False
-    for block in range(first_block, total // LB):
+    for block in range(first_block, padded // LB):
         lo, hi = block * LB, (block + 1) * LB
         for step in range(cfg.steps):
             still = x[0, lo:hi] == cfg.mask_id
             still[: max(0, P - lo)] = False  # prompt tokens of a partial block
+            still[max(0, total - lo):] = False  # padding after the end
             if not bool(still.any()):
                 break
             logits = run(lo, hi)[0]                      # [LB, V]

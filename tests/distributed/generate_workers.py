@@ -9,6 +9,7 @@ MASK = 255
 
 
 def decoding_worker(rank, world_size):
+    from megatron_dllm.generate.ar_decoding import greedy_ar
     from megatron_dllm.generate.decoding import DecodeConfig, decode
     from megatron_dllm.generate.kv_cache import DecodeCache, attach
     from megatron_dllm.generate.loading import full_vocab_forward
@@ -39,4 +40,13 @@ def decoding_worker(rank, world_size):
         res = decode([7, 8, 9, 10, 11, 12, 13, 14], forward, dcfg, cache=cache)
         attach(model, None)
         out["tpf"][threshold] = (res.tokens_per_forward, res.num_forward_passes, len(res.tokens))
+    out["ar"] = []
+    for prompt in ([5], [1, 2, 3], list(range(10, 30))):
+        runs = {}
+        for use_cache in (True, False):
+            cache = DecodeCache() if use_cache else None
+            attach(model, cache)
+            runs[use_cache] = greedy_ar(prompt, forward, 12, cache=cache)
+            attach(model, None)
+        out["ar"].append((runs[True].tokens, runs[False].tokens, runs[True].num_forward_passes))
     return out

@@ -26,3 +26,9 @@ def test_threshold_one_decodes_one_token_per_forward(decoded):
 def test_threshold_zero_decodes_a_block_per_forward(decoded):
     tpf, passes, n = decoded["tpf"][0.0]
     assert passes == 3 and tpf == 8.0 and n == 24
+
+
+def test_ar_greedy_decoding_with_kv_cache_matches_full_recompute(decoded):
+    for cached, uncached, passes in decoded["ar"]:
+        assert cached == uncached
+        assert len(cached) == 12 and passes == 12  # one token per forward, no EOS given

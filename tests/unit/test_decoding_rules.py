@@ -1,5 +1,6 @@
 """Acceptance rules of block-wise threshold decoding (pure functions)."""
 
+import pytest
 import torch
 
 from megatron_dllm.generate.decoding import DecodeConfig, _filter_logits, accept, sample, step_quotas
@@ -38,3 +39,37 @@ def test_top_k_and_top_p_filtering():
     cfg = DecodeConfig(mask_id=9, temperature=1.0, top_k=1)
     tokens, conf = sample(logits.repeat(20, 1), cfg, gen)
     assert tokens.tolist() == [0] * 20 and torch.allclose(conf, torch.ones(20))
+
+
+def _recording_forward(vocab, seen):
+    """A stand-in model: predicts (position + 1) mod vocab with certainty; records each call."""
+
+    def forward(tokens, positions, mask):
+        seen.append((positions[0].tolist(), mask.clone()))
+        logits = torch.full((1, tokens.shape[1], vocab), -1e4)
+        logits[0, torch.arange(tokens.shape[1]), (positions[0] + 1) % vocab] = 0.0
+        return logits
+
+    return forward
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_slots_after_the_end_are_never_attended(use_cache):
+    from megatron_dllm.generate.decoding import decode
+    from megatron_dllm.generate.kv_cache import DecodeCache
+
+    seen = []
+    prompt, gen = [5, 6, 7, 8, 9], 6               # ends at 11: the second block of 8 is partial
+    cfg = DecodeConfig(mask_id=99, gen_length=gen, block_length=8, steps=8, threshold=0.5,
+                       use_cache=use_cache)
+    out = decode(prompt, _recording_forward(100, seen), cfg, cache=DecodeCache() if use_cache else None)
+    assert out.tokens == [(p + 1) % 100 for p in range(5, 11)]
+    total = len(prompt) + gen
+    for positions, mask in seen:
+        assert len(positions) % 8 == 0                          # whole blocks
+        keys = mask.shape[1]
+        for row, pos in enumerate(positions):
+            if pos < total:
+                assert not mask[row, total:].any()              # real slots never see padding
+                expected = torch.arange(keys) < min((pos // 8 + 1) * 8, total)
+                assert torch.equal(mask[row], expected)         # block-causal up to the end

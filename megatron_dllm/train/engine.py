@@ -64,7 +64,7 @@ def build_optimizer(model: List[DistributedDataParallel], opt_config: OptimizerC
 
 def train_step(
     forward_step_func: Callable,
-    data_iterator,
+    batches: List,
     model: List[DistributedDataParallel],
     optimizer,
     *,
@@ -75,6 +75,8 @@ def train_step(
 ) -> Tuple[List[Dict], Optional[float], bool]:
     """One step: forward/backward over all micro-batches, then the optimizer update.
 
+    ``batches`` are the step's micro-batches; with virtual pipeline stages (several model chunks)
+    every chunk reads them through its own iterator, as the interleaved schedule expects.
     ``seq_length`` is the model-input length of this step (2L in block-diffusion phases), used by the
     pipeline schedule to size the activations it sends between stages. Returns the per-micro-batch
     reports of the last pipeline stage (empty elsewhere), the gradient norm (None when
@@ -87,7 +89,7 @@ def train_step(
     forward_backward = get_forward_backward_func()
     reports = forward_backward(
         forward_step_func=forward_step_func,
-        data_iterator=data_iterator,
+        data_iterator=[iter(batches) for _ in model] if len(model) > 1 else iter(batches),
         model=model if len(model) > 1 else model[0],
         num_microbatches=num_microbatches,
         seq_length=seq_length,

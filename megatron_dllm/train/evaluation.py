@@ -39,7 +39,7 @@ def evaluate_elbo(setup, layout: str, block: int, dataset, num_batches: int) -> 
             ctx = step_context(setup, layout, block, 0, eval_t=t)
             if layout != "ar":
                 ctx.loss_weight, ctx.loss_norm = "inv_t", "all_tokens"
-            reports, _, _ = train_step(make_forward_step(ctx), iter(batches), setup.model, setup.optimizer,
+            reports, _, _ = train_step(make_forward_step(ctx), batches, setup.model, setup.optimizer,
                                        num_microbatches=len(batches), seq_length=2 * L if layout == "bd" else L,
                                        micro_batch_size=mbs, forward_only=True)
             totals = reduce_reports(reports)

@@ -139,7 +139,7 @@ def run_step(setup: Setup, layout: str, block: int) -> dict:
     ctx = step_context(setup, layout, block, state.iteration)
     L = run.model.seq_length
     reports, grad_norm, updated = train_step(
-        make_forward_step(ctx), iter(batches), setup.model, setup.optimizer,
+        make_forward_step(ctx), batches, setup.model, setup.optimizer,
         num_microbatches=len(batches), seq_length=2 * L if layout == "bd" else L, micro_batch_size=mbs,
     )
     keys = ["loss_sum", "num_tokens", "num_noised", "correct"]

@@ -96,7 +96,7 @@ def _run(kind: str, parallel: ParallelConfig, ckpt_dir: str, save: bool):
     results = []
     for _ in range(2):
         reports, grad_norm, ok = train_step(
-            forward_step, iter(mine), model, optimizer,
+            forward_step, list(mine), model, optimizer,
             num_microbatches=per_rank, seq_length=2 * SEQ_LEN, micro_batch_size=1,
         )
         totals = reduce_reports(reports)

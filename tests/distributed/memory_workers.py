@@ -143,10 +143,8 @@ def _step(setup, run, layout: str, micro_batch: int, rank: int, saved=None, num_
                       attention_backend="sdpa")
     batches = [_batch(run.model.vocab_size, micro_batch, rank * num_microbatches + i)
                for i in range(num_microbatches)]
-    # The interleaved schedule wants one iterator per model chunk (each chunk reads the same batches).
-    data = [iter(batches) for _ in model] if len(model) > 1 else iter(batches)
     with saved if saved is not None else contextlib.nullcontext():
-        _, _, ok = train_step(make_forward_step(ctx), data, model, optimizer,
+        _, _, ok = train_step(make_forward_step(ctx), batches, model, optimizer,
                               num_microbatches=num_microbatches,
                               seq_length=2 * L if layout == "bd" else L, micro_batch_size=micro_batch)
     assert ok

@@ -121,6 +121,19 @@ def test_first_iteration_loss_matches_one_rank(straight, tmp_path, layout, nproc
     assert abs(first["grad_norm"] - reference[0]["grad_norm"]) <= 1e-5 * abs(reference[0]["grad_norm"])
 
 
+def test_virtual_pipeline_stages_match_one_rank(tmp_path):
+    """PP 2 x 2 virtual stages (the interleaved schedule) against one rank, 4 layers, two steps."""
+    four = BASE + ["--num-layers", "4", "--exit-interval", "2"]
+    pretrain(four + ["--metrics-path", str(tmp_path / "one.jsonl")])
+    pretrain(four + ["--pipeline-model-parallel-size", "2", "--virtual-pipeline-model-parallel-size", "2",
+                     "--metrics-path", str(tmp_path / "vpp.jsonl")], nproc=2)
+    one, vpp = metrics(str(tmp_path / "one.jsonl")), metrics(str(tmp_path / "vpp.jsonl"))
+    assert len(one) == len(vpp) == 2
+    for a, b in zip(one, vpp):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"])
+        assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5 * abs(a["grad_norm"])
+
+
 def test_distributed_optimizer_checkpoint_reshards_over_data_parallel(straight, tmp_path):
     _, _, reference = straight
     save = tmp_path / "dopt"

@@ -1,72 +1,304 @@
-"""`make demo`: run the main job on an embedded default and summarise it.
+"""`make demo`: the quickstart, end to end on CPU, from nothing but this machine.
 
-Pretrains the tiny MoE dLLM of ``examples/configs/tiny_moe_cpu.yaml`` on deterministic synthetic
-documents through the whole block-size curriculum (warm-up 1 -> 4 -> 16 -> 32, stable at L = 64,
-decay 32 -> 16 -> 8), with checkpoints, TensorBoard logs and metrics.jsonl under ``runs/demo``, then
-writes ``runs/demo/summary.json``. The full quickstart (real-text corpus, tokenizer, AR pretraining,
-conversion, generation) is not part of it yet: it needs the converter and the decoder.
+  1. data       standard-library docstrings + fixed-width addition problems (data/quickstart.py),
+                a sentencepiece tokenizer with <|mask|>, indexed .bin/.idx datasets (a 50/50 blend)
+  2. AR         pretrain a small MoE as an autoregressive model (--dllm-objective ar), checkpoint at
+                AR_ITERS; the same run continues to AR_ITERS + DLLM_ITERS as the AR baseline
+  3. convert    the AR checkpoint -> a dLLM checkpoint (tools/convert_ar_to_dllm.py)
+  4. NELBO      of the converted model (tools/evaluate.py, MDLM layout, fixed stratified t)
+  5. dLLM       continue as a dLLM through warm-up -> stable -> decay of the block size
+  6. NELBO      of the trained dLLM, same data and t points as step 4
+  7. task       held-out addition accuracy: the dLLM (block decoding) against the AR baseline
+                (greedy), same size and training tokens (tools/eval_addition.py)
+  8. samples    tools/generate.py on a few prompts at several confidence thresholds: the samples,
+                and tokens per forward against the threshold
+
+Every stage is the command a user would run; each is printed before it runs and logged under
+runs/demo/logs. The results go to runs/demo/summary.json. ``--quick`` runs the same stages on a
+few iterations (for the test suite); ``--out`` moves the output directory.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shlex
 import shutil
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "examples", "configs", "tiny_moe_cpu.yaml")
+CONFIG = os.path.join(ROOT, "examples", "configs", "quickstart_moe_cpu.yaml")
+PROMPTS = ("Return the", "This module provides", "The default value is")
 
 
-def summarize(out_dir: str) -> dict:
-    """Phases, losses and validation NELBOs read back from metrics.jsonl."""
-    with open(os.path.join(out_dir, "metrics.jsonl")) as handle:
-        records = [json.loads(line) for line in handle if line.strip()]
-    train = [r for r in records if r["kind"] == "train"]
-    valid = [r for r in records if r["kind"] == "valid"]
-    phases = []
-    for r in train:
-        if not phases or (phases[-1]["phase"], phases[-1]["block_size"]) != (r["phase"], r["block_size"]):
-            phases.append({"phase": r["phase"], "block_size": r["block_size"], "iterations": 0})
+@dataclass
+class Plan:
+    """Iteration counts and sizes of one demo run (the full one, or --quick)."""
+
+    ar_iters: int = 600              # AR pretraining before the conversion
+    dllm_iters: int = 300            # dLLM continued pretraining (the AR baseline gets as many more)
+    dllm_lr: float = 5e-4            # a quarter of the AR peak (kept more of the converted model in a trial)
+    text_chars: int = 1_000_000
+    addition_docs: int = 40_000
+    num_test: int = 200
+    eval_iters: int = 4              # global batches of the NELBO evaluations
+    thresholds: tuple = (1.0, 0.9, 0.7, 0.5, 0.3, 0.1)   # the tokens-per-forward sweep (samples)
+    decode_threshold: float = 0.9    # the setting of the task accuracy
+    decode_block: int = 8            # the block size the curriculum decays to
+    sample_tokens: int = 32
+
+    @classmethod
+    def quick(cls) -> "Plan":
+        return cls(ar_iters=12, dllm_iters=15, text_chars=150_000, addition_docs=4000, num_test=20,
+                   eval_iters=1, thresholds=(1.0, 0.1), sample_tokens=8)
+
+    def block_schedule(self, tokens_per_step: int) -> str:
+        """Warm-up 1 -> 4 -> 16 -> 32 (each 2/15 of the run), stable at L (3/15), decay 32 -> 8
+        (each 2/15), in tokens: the small blocks, where the clean prefix holds most of the
+        context as in AR training, get most of this short run."""
+        unit = max(1, self.dllm_iters // 15) * tokens_per_step
+        return (f"warmup:1->4->16->32@{2 * unit}; stable:L@{3 * unit}; "
+                f"decay:32->{self.decode_block}@{2 * unit}")
+
+
+class StageError(RuntimeError):
+    pass
+
+
+class Runner:
+    """Runs the stages as subprocesses, echoing and logging their output."""
+
+    def __init__(self, out_dir: str, total: int):
+        self.out_dir, self.total, self.index = out_dir, total, 0
+        self.logs = os.path.join(out_dir, "logs")
+        os.makedirs(self.logs, exist_ok=True)
+        self.env = dict(os.environ, PYTHONWARNINGS="ignore::FutureWarning,ignore::DeprecationWarning",
+                        TORCHDYNAMO_DISABLE="1")
+
+    def stage(self, title: str) -> None:
+        self.index += 1
+        print(f"\n[demo {self.index}/{self.total}] {title}", flush=True)
+
+    def run(self, name: str, cmd: List[str], echo: bool = True) -> List[str]:
+        shown = " ".join(shlex.quote(_short(c)) for c in cmd)
+        print(f"$ {shown}", flush=True)
+        log_path = os.path.join(self.logs, f"{name}.log")
+        lines = []
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
+            for line in proc.stdout:
+                log.write(line)
+                lines.append(line.rstrip("\n"))
+                if echo and _worth_showing(line):
+                    print("  " + line.rstrip("\n"), flush=True)
+            rc = proc.wait()
+        if rc != 0:
+            tail = "\n".join("  " + x for x in lines[-15:])
+            raise StageError(f"stage {name} failed with exit code {rc}; full log: {log_path}\n{tail}")
+        return lines
+
+
+def _short(arg: str) -> str:
+    """Paths inside the checkout relative to it (the commands run there), others as given."""
+    if os.path.isabs(arg) and (arg == ROOT or arg.startswith(ROOT + os.sep)):
+        return os.path.relpath(arg, ROOT)
+    return arg
+
+
+def _worth_showing(line: str) -> bool:
+    noise = ("Cannot save the BlendedDataset", "Warning", "warnings.warn", "checkpoint.load_state_dict",
+             "return func(")
+    return bool(line.strip()) and not any(n in line for n in noise)
+
+
+def _json_lines(lines: List[str]) -> List[dict]:
+    return [json.loads(x) for x in lines if x.startswith("{")]
+
+
+def _records(path: str, kind: str) -> List[dict]:
+    with open(path) as handle:
+        return [r for r in map(json.loads, filter(str.strip, handle)) if r["kind"] == kind]
+
+
+def _phases(schedule_spec: str, seq_len: int, tokens_per_step: int, iters: int) -> List[dict]:
+    """(phase, block size, iterations) of the dLLM run, from the schedule the loop follows."""
+    from megatron_dllm.diffusion.curriculum import BlockSchedule
+
+    schedule = BlockSchedule.parse(schedule_spec, seq_len)
+    phases: List[dict] = []
+    for i in range(iters):
+        key = (schedule.phase_at(i * tokens_per_step), schedule.block_size_at(i * tokens_per_step))
+        if not phases or (phases[-1]["phase"], phases[-1]["block_size"]) != key:
+            phases.append({"phase": key[0], "block_size": key[1], "iterations": 0})
         phases[-1]["iterations"] += 1
-    first = train[:4]
-    last = train[-10:]
+    return phases
+
+
+def _mean_loss(records: List[dict], upto: int, last: int = 3) -> float:
+    chosen = [r["loss"] for r in records if r["iteration"] <= upto][-last:]
+    return round(sum(chosen) / len(chosen), 4)
+
+
+def run_demo(out_dir: str, plan: Plan) -> dict:
+    import yaml
+
+    from megatron_dllm.data.quickstart import build_quickstart_data
+
+    with open(CONFIG) as handle:
+        base = yaml.safe_load(handle)
+    seq_len, batch = int(base["seq-length"]), int(base["global-batch-size"])
+    tokens_per_step = seq_len * batch
+    py = sys.executable
+    tool = lambda name: os.path.join(ROOT, "tools", name)  # noqa: E731
+    runner = Runner(out_dir, total=8)
+    start = time.time()
+
+    runner.stage("data: corpus, tokenizer, indexed datasets")
+    data = build_quickstart_data(os.path.join(out_dir, "data"), text_chars=plan.text_chars,
+                                 addition_docs=plan.addition_docs, num_test=plan.num_test,
+                                 log=lambda msg: print("  " + msg, flush=True))
+    tok = data.tokenizer_model
+    common = ["--config", CONFIG, "--data-path", *data.data_path, "--tokenizer-model", tok,
+              "--data-cache-path", os.path.join(out_dir, "data", "cache")]
+    task_flags = ["--max-digits", str(data.task["max_digits"]), "--num-test", str(data.task["num_test"]),
+                  "--task-seed", str(data.task["seed"])]
+
+    ar_dir, dllm_init, dllm_dir = (os.path.join(out_dir, n) for n in ("ar", "dllm_init", "dllm"))
+    baseline_iters = plan.ar_iters + plan.dllm_iters
+    runner.stage(f"AR pretraining: {plan.ar_iters} iterations to convert, then on to {baseline_iters} "
+                 "as the AR baseline")
+    runner.run("ar_pretrain", [py, "-m", "megatron_dllm.pretrain", *common, "--dllm-objective", "ar",
+                               "--train-iters", str(baseline_iters), "--save", ar_dir,
+                               "--save-interval", str(plan.ar_iters), "--ckpt-keep-last", "0",
+                               "--eval-interval", str(plan.ar_iters),
+                               "--tensorboard-dir", os.path.join(out_dir, "tb", "ar")])
+
+    runner.stage(f"conversion of the AR checkpoint at iteration {plan.ar_iters} to a dLLM checkpoint")
+    runner.run("convert", [py, tool("convert_ar_to_dllm.py"), "--load",
+                           os.path.join(ar_dir, f"iter_{plan.ar_iters:07d}"), "--save", dllm_init,
+                           "--tokenizer-model", tok, "--quiet"])
+
+    evaluate = [py, tool("evaluate.py"), *common, "--eval-iters", str(plan.eval_iters)]
+    runner.stage("validation NELBO right after conversion (MDLM layout)")
+    nelbo_init = _json_lines(runner.run("nelbo_converted", [*evaluate, "--load", dllm_init]))[-1]
+
+    schedule = plan.block_schedule(tokens_per_step)
+    runner.stage(f"dLLM continued pretraining, {plan.dllm_iters} iterations: {schedule}")
+    runner.run("dllm_pretrain", [py, "-m", "megatron_dllm.pretrain", *common, "--dllm-objective", "bd",
+                                 "--dllm-block-schedule", schedule, "--train-iters", str(plan.dllm_iters),
+                                 "--lr", str(plan.dllm_lr), "--min-lr", str(plan.dllm_lr / 10),
+                                 "--lr-warmup-iters", str(max(1, plan.dllm_iters // 30)),
+                                 "--load", dllm_init, "--save", dllm_dir,
+                                 "--save-interval", str(plan.dllm_iters),
+                                 "--eval-interval", str(max(1, plan.dllm_iters // 3)),
+                                 "--tensorboard-dir", os.path.join(out_dir, "tb", "dllm")])
+
+    runner.stage("validation NELBO after dLLM training (same data and t points)")
+    nelbo_final = _json_lines(runner.run("nelbo_trained", [*evaluate, "--load", dllm_dir]))[-1]
+
+    runner.stage("held-out addition problems: the dLLM (block decoding) vs the AR baseline (greedy)")
+    dllm_task = _json_lines(runner.run("task_dllm", [
+        py, tool("eval_addition.py"), "--load", dllm_dir, "--tokenizer-model", tok, *task_flags,
+        "--block-length", str(plan.decode_block), "--gen-length", str(data.task["max_digits"] + 2),
+        "--threshold", str(plan.decode_threshold), "--examples", "3"], echo=False))[-1]
+    ar_task = _json_lines(runner.run("task_ar", [
+        py, tool("eval_addition.py"), "--load", ar_dir, "--tokenizer-model", tok, *task_flags,
+        "--gen-length", str(data.task["max_digits"] + 2), "--examples", "3"], echo=False))[-1]
+    for name, r in (("dLLM", dllm_task), ("AR baseline", ar_task)):
+        shown = ", ".join(f"{e['prompt']}{e['completion']}" for e in r["examples"])
+        print(f"  {name}: accuracy {r['accuracy']:.3f} ({r['correct']}/{r['total']}), e.g. {shown}", flush=True)
+
+    runner.stage("samples from the dLLM, and tokens per forward against the confidence threshold")
+    flags = [f for p in PROMPTS for f in ("--prompt", p)]
+    generated = _json_lines(runner.run("generate", [
+        py, tool("generate.py"), "--load", dllm_dir, "--tokenizer-model", tok, *flags, "--json",
+        "--gen-length", str(plan.sample_tokens), "--block-length", str(plan.decode_block),
+        "--threshold", *map(str, plan.thresholds), "--no-eos-early-stop", "--device", "cpu"], echo=False))
+    sweep = []
+    for threshold in plan.thresholds:
+        rows = [g for g in generated if g["threshold"] == threshold]
+        # decoded slots (EOS and what follows it included) over decoding forwards, all prompts
+        tokens = sum(round(g["tokens_per_forward"] * g["num_forward_passes"]) for g in rows)
+        forwards = sum(g["num_forward_passes"] for g in rows)
+        sweep.append({"threshold": threshold, "tokens_per_forward": round(tokens / max(forwards, 1), 3),
+                      "tokens": tokens, "forward_passes": forwards})
+        print(f"  threshold {threshold}: {sweep[-1]['tokens_per_forward']:.2f} tokens per forward", flush=True)
+    samples = [g for g in generated if g["threshold"] == plan.decode_threshold] or \
+        [g for g in generated if g["threshold"] == plan.thresholds[0]]
+    for s in samples:
+        print(f"  {s['prompt']!r} -> {s['text']!r} ({s['tokens_per_forward']:.2f} tokens per forward)",
+              flush=True)
+
+    ar_train = _records(os.path.join(ar_dir, "metrics.jsonl"), "train")
+    dllm_train = _records(os.path.join(dllm_dir, "metrics.jsonl"), "train")
     return {
         "config": os.path.relpath(CONFIG, ROOT),
-        "dllm_phases": phases,
-        "train_loss_first_4_mean": sum(r["loss"] for r in first) / len(first),
-        "train_loss_last_10_mean": sum(r["loss"] for r in last) / len(last),
-        "valid_nelbo": [{"iteration": r["iteration"], "block_size": r["block_size"], "nelbo": r["nelbo"]}
-                        for r in valid],
-        "dllm_checkpoint": os.path.join(out_dir, "ckpt"),
+        "tokenizer_model": tok,
+        "data_path": data.data_path,
+        "data_tokens": data.stats,
+        "ar_checkpoint": os.path.join(ar_dir, f"iter_{plan.ar_iters:07d}"),
+        "ar_iterations": plan.ar_iters,
+        "ar_final_loss": _mean_loss(ar_train, plan.ar_iters),
+        "dllm_checkpoint": dllm_dir,
+        "dllm_phases": _phases(schedule, seq_len, tokens_per_step, plan.dllm_iters),
+        "dllm_block_schedule": schedule,
+        "dllm_final_loss": _mean_loss(dllm_train, plan.dllm_iters),
+        "dllm_valid_nelbo_after_conversion": nelbo_init["nelbo"],
+        "dllm_final_valid_nelbo": nelbo_final["nelbo"],
+        "dllm_valid_nelbo_standard_error": nelbo_final["standard_error"],
+        "synthetic_task": {"task": "addition", **data.task,
+                           "format": "fixed width, e.g. '47+08=055'"},
+        "synthetic_task_accuracy": {
+            "dllm": dllm_task["accuracy"], "dllm_threshold": plan.decode_threshold,
+            "dllm_block_length": plan.decode_block, "dllm_tokens_per_forward": dllm_task["tokens_per_forward"],
+            "ar_baseline": ar_task["accuracy"], "ar_baseline_checkpoint": ar_dir,
+            "ar_baseline_iterations": baseline_iters, "training_tokens_each": baseline_iters * tokens_per_step,
+            "problems": dllm_task["total"]},
+        "tokens_per_forward_by_threshold": sweep,
+        "task_examples": {"dllm": dllm_task["examples"], "ar_baseline": ar_task["examples"]},
+        "samples": [{"prompt": s["prompt"], "text": s["text"], "tokens_per_forward": s["tokens_per_forward"]}
+                    for s in samples],
         "tensorboard_dir": os.path.join(out_dir, "tb"),
-        "metrics": os.path.join(out_dir, "metrics.jsonl"),
+        "logs_dir": runner.logs,
+        "seconds": round(time.time() - start, 1),
     }
 
 
-def main(argv=None) -> int:
-    out_dir = os.path.join(ROOT, "runs", "demo")
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.path.join(ROOT, "runs", "demo"), help="output directory "
+                        "(default: runs/demo; replaced)")
+    parser.add_argument("--quick", action="store_true", help="a few iterations per stage (smoke test)")
+    args = parser.parse_args(argv)
+    out_dir = os.path.abspath(args.out)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
-    print("megatron_dllm demo: pretraining the tiny MoE dLLM through warm-up -> stable -> decay "
-          f"(config {os.path.relpath(CONFIG, ROOT)}, synthetic data); outputs in runs/demo", flush=True)
-    from megatron_dllm.pretrain import main as pretrain
-
-    start = time.time()
-    rc = pretrain(["--config", CONFIG, "--mock-data",
-                   "--save", os.path.join(out_dir, "ckpt"),
-                   "--tensorboard-dir", os.path.join(out_dir, "tb"),
-                   "--metrics-path", os.path.join(out_dir, "metrics.jsonl")])
-    if rc != 0:
-        print(f"demo: pretraining failed with exit code {rc}", file=sys.stderr)
-        return rc
-    summary = summarize(out_dir)
-    summary["seconds"] = round(time.time() - start, 1)
-    with open(os.path.join(out_dir, "summary.json"), "w") as handle:
+    plan = Plan.quick() if args.quick else Plan()
+    print(f"megatron_dllm demo: AR pretraining -> conversion -> dLLM curriculum -> evaluation on CPU; "
+          f"outputs in {out_dir}", flush=True)
+    try:
+        summary = run_demo(out_dir, plan)
+    except StageError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+    path = os.path.join(out_dir, "summary.json")
+    with open(path, "w") as handle:
         json.dump(summary, handle, indent=2)
-    print(json.dumps(summary, indent=2))
-    print("Look at the curves with: .venv/bin/tensorboard --logdir runs/demo/tb", flush=True)
+    acc = summary["synthetic_task_accuracy"]
+    print(f"\ndemo done in {summary['seconds']:.0f} s. Summary: {path}\n"
+          f"  AR loss at conversion {summary['ar_final_loss']}; dLLM validation NELBO "
+          f"{summary['dllm_valid_nelbo_after_conversion']:.3f} after conversion -> "
+          f"{summary['dllm_final_valid_nelbo']:.3f} after training\n"
+          f"  addition (held out): dLLM {acc['dllm']:.3f} vs AR baseline {acc['ar_baseline']:.3f}\n"
+          f"Look at the curves: .venv/bin/tensorboard --logdir {summary['tensorboard_dir']}\n"
+          f"Generate: .venv/bin/python tools/generate.py --load {summary['dllm_checkpoint']} "
+          f"--tokenizer-model {summary['tokenizer_model']} --prompt 'Return the'", flush=True)
     return 0
 
 

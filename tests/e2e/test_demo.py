@@ -1,0 +1,64 @@
+"""`make demo`'s pipeline end to end (``--quick``: the same stages on a few iterations)."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e.cli import ROOT, env
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    proc = subprocess.run([sys.executable, "-m", "megatron_dllm.demo", "--quick", "--out", str(out)],
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out / "summary.json") as handle:
+        return out, json.load(handle), proc.stdout
+
+
+def test_progress_is_printed_stage_by_stage(demo):
+    _, _, stdout = demo
+    for i in range(1, 9):
+        assert f"[demo {i}/8]" in stdout
+    assert "$ " in stdout and "iteration" in stdout
+
+
+def test_summary_has_the_quickstart_fields(demo):
+    out, summary, _ = demo
+    assert isinstance(summary["ar_final_loss"], float)
+    phases = summary["dllm_phases"]
+    assert [p["phase"] for p in phases][0] == "warmup" and phases[-1]["phase"] == "decay"
+    assert "stable" in {p["phase"] for p in phases}
+    assert phases[0]["block_size"] == 1 and phases[-1]["block_size"] == 8
+    assert sum(p["iterations"] for p in phases) == 15
+    acc = summary["synthetic_task_accuracy"]
+    assert 0.0 <= acc["dllm"] <= 1.0 and 0.0 <= acc["ar_baseline"] <= 1.0 and acc["problems"] == 20
+    assert len(summary["samples"]) == 3
+    for sample in summary["samples"]:
+        assert set(sample) == {"prompt", "text", "tokens_per_forward"} and sample["tokens_per_forward"] >= 1.0
+    sweep = {r["threshold"]: r["tokens_per_forward"] for r in summary["tokens_per_forward_by_threshold"]}
+    assert sweep[1.0] == 1.0 and sweep[0.1] >= 1.0
+    assert glob.glob(os.path.join(summary["tensorboard_dir"], "**", "events.out.tfevents.*"), recursive=True)
+
+
+def test_nelbo_falls_from_conversion_to_the_end_of_training(demo):
+    _, summary, _ = demo
+    assert summary["dllm_final_valid_nelbo"] < summary["dllm_valid_nelbo_after_conversion"]
+
+
+def test_paths_in_the_summary_work_with_the_tools(demo):
+    _, summary, _ = demo
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "generate.py"),
+                           "--load", summary["dllm_checkpoint"], "--tokenizer-model", summary["tokenizer_model"],
+                           "--prompt", "Return the", "--gen-length", "8", "--block-length", "8", "--json",
+                           "--device", "cpu"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["decoder"] == "diffusion" and record["num_tokens"] <= 8

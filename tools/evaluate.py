@@ -7,7 +7,9 @@ Takes the pretraining flags (data, batch, --dllm-*) plus:
     --eval-block-size N   block size of the evaluated layout (default: the sequence length = MDLM)
     --eval-iters N        global batches to average
 
-    python tools/evaluate.py --load runs/demo/ckpt --config examples/configs/tiny_moe_cpu.yaml --mock-data
+    python tools/evaluate.py --load runs/demo/dllm --config examples/configs/quickstart_moe_cpu.yaml \
+        --data-path 0.5 runs/demo/data/text_text_document 0.5 runs/demo/data/addition_text_document \
+        --tokenizer-model runs/demo/data/tokenizer.model
 Prints one JSON object: nelbo (nats/token), bits_per_token, standard_error, batches, block_size, layout.
 """
 

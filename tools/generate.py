@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Generate from a megatron_dllm checkpoint with block-wise diffusion decoding (KV cache on).
 
-    python tools/generate.py --load runs/demo/ckpt --tokenizer-model tok.model --prompt "1 + 2 ="
-    python tools/generate.py --load runs/demo/ckpt --prompt-ids "5 9 5 9 5" --json
+    python tools/generate.py --load runs/demo/dllm --tokenizer-model runs/demo/data/tokenizer.model \
+        --prompt "Return the" --block-length 8 --threshold 0.9 0.5 0.1 --json   # a threshold sweep
+    python tools/generate.py --load runs/demo/dllm --prompt-ids "5 9 5 9 5" --json
     torchrun --nproc-per-node 2 tools/generate.py --load CKPT --tensor-model-parallel-size 2 ...
 
 Prints each completion (or, with --json, one object per prompt: text, tokens, num_tokens,
@@ -32,7 +33,8 @@ def build_parser():
     p.add_argument("--gen-length", type=int, default=128)
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--steps", type=int, default=None, help="decoding steps per block (default: block length)")
-    p.add_argument("--threshold", type=float, default=0.95)
+    p.add_argument("--threshold", type=float, nargs="+", default=[0.95],
+                   help="confidence threshold; several values decode every prompt once per value (a sweep)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
@@ -93,12 +95,13 @@ def main(argv=None) -> int:
         if mask_id is None:
             raise ConfigError("no mask token id in the checkpoint or tokenizer: pass --mask-token-id")
         eos = args.eos_id if args.eos_id is not None else (tok.eod_id if tok else meta.get("eod_id"))
-        cfg = DecodeConfig(mask_id=mask_id, gen_length=args.gen_length, block_length=args.block_length,
-                           steps=args.steps or args.block_length, threshold=args.threshold,
-                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos,
-                           eos_early_stop=not args.no_eos_early_stop, use_cache=not args.no_cache,
-                           seed=args.seed)
-        cfg.validate()
+        configs = [DecodeConfig(mask_id=mask_id, gen_length=args.gen_length, block_length=args.block_length,
+                                steps=args.steps or args.block_length, threshold=threshold,
+                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos,
+                                eos_early_stop=not args.no_eos_early_stop, use_cache=not args.no_cache,
+                                seed=args.seed) for threshold in args.threshold]
+        for cfg in configs:
+            cfg.validate()
         prompts = [(text, tok.encode(text)) for text in prompts_text]
         prompts += [(None, [int(t) for t in ids.split()]) for ids in args.prompt_ids]
         forward = full_vocab_forward(model, model_cfg.vocab_size)
@@ -106,7 +109,9 @@ def main(argv=None) -> int:
         if is_ar and dist.get_rank() == 0 and not args.json:
             print("note: an AR checkpoint: greedy next-token decoding", file=sys.stderr)
         rank0 = dist.get_rank() == 0
-        for text, ids in prompts:
+        if is_ar:
+            configs = configs[:1]  # greedy: the threshold does not apply
+        for cfg, (text, ids) in ((c, p) for c in configs for p in prompts):
             cache = DecodeCache() if cfg.use_cache else None
             attach(model, cache)
             if is_ar:
@@ -120,7 +125,7 @@ def main(argv=None) -> int:
             record = {"prompt": text if text is not None else ids, "text": completion, "tokens": out.tokens,
                       "num_tokens": len(out.tokens), "num_forward_passes": out.num_forward_passes,
                       "tokens_per_forward": out.tokens_per_forward, "seconds": round(out.seconds, 4),
-                      "decoder": "ar" if is_ar else "diffusion"}
+                      "decoder": "ar" if is_ar else "diffusion", "threshold": None if is_ar else cfg.threshold}
             print(json.dumps(record) if args.json else completion, flush=True)
     except (ConfigError, DataError, ValueError) as exc:
         if dist.get_rank() == 0:

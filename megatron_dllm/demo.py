@@ -2,15 +2,16 @@
 
   1. data       standard-library docstrings + fixed-width addition problems (data/quickstart.py),
                 a sentencepiece tokenizer with <|mask|>, indexed .bin/.idx datasets (a 50/50 blend)
-  2. AR         pretrain a small MoE as an autoregressive model (--dllm-objective ar), checkpoint at
-                AR_ITERS; the same run continues to AR_ITERS + DLLM_ITERS as the AR baseline
+  2. AR         pretrain a small MoE as an autoregressive model (--dllm-objective ar)
   3. convert    the AR checkpoint -> a dLLM checkpoint (tools/convert_ar_to_dllm.py)
   4. NELBO      of the converted model (tools/evaluate.py, MDLM layout, fixed stratified t)
   5. dLLM       continue as a dLLM through warm-up -> stable -> decay of the block size
   6. NELBO      of the trained dLLM, same data and t points as step 4
-  7. task       held-out addition accuracy: the dLLM (block decoding) against the AR baseline
-                (greedy), same size and training tokens (tools/eval_addition.py)
-  8. samples    tools/generate.py on a few prompts at several confidence thresholds: the samples,
+  7. baseline   continue the AR checkpoint as AR instead, same iterations and learning rates
+  8. task       held-out addition accuracy: the dLLM (block decoding) against the AR baseline
+                (greedy), same size and training tokens, and the AR model at the conversion point
+                (tools/eval_addition.py)
+  9. samples    tools/generate.py on a few prompts at several confidence thresholds: the samples,
                 and tokens per forward against the threshold
 
 Every stage is the command a user would run; each is printed before it runs and logged under
@@ -40,8 +41,8 @@ PROMPTS = ("Return the", "This module provides", "The default value is")
 class Plan:
     """Iteration counts and sizes of one demo run (the full one, or --quick)."""
 
-    ar_iters: int = 600              # AR pretraining before the conversion
-    dllm_iters: int = 300            # dLLM continued pretraining (the AR baseline gets as many more)
+    ar_iters: int = 900              # AR pretraining before the conversion
+    dllm_iters: int = 300            # dLLM continued pretraining (the AR baseline: as many AR ones)
     dllm_lr: float = 5e-4            # a quarter of the AR peak (kept more of the converted model in a trial)
     text_chars: int = 1_000_000
     addition_docs: int = 40_000
@@ -156,7 +157,7 @@ def run_demo(out_dir: str, plan: Plan) -> dict:
     tokens_per_step = seq_len * batch
     py = sys.executable
     tool = lambda name: os.path.join(ROOT, "tools", name)  # noqa: E731
-    runner = Runner(out_dir, total=8)
+    runner = Runner(out_dir, total=9)
     start = time.time()
 
     runner.stage("data: corpus, tokenizer, indexed datasets")
@@ -169,14 +170,18 @@ def run_demo(out_dir: str, plan: Plan) -> dict:
     task_flags = ["--max-digits", str(data.task["max_digits"]), "--num-test", str(data.task["num_test"]),
                   "--task-seed", str(data.task["seed"])]
 
-    ar_dir, dllm_init, dllm_dir = (os.path.join(out_dir, n) for n in ("ar", "dllm_init", "dllm"))
+    ar_dir, dllm_init, dllm_dir, base_dir = (os.path.join(out_dir, n) for n in
+                                             ("ar", "dllm_init", "dllm", "ar_baseline"))
     baseline_iters = plan.ar_iters + plan.dllm_iters
-    runner.stage(f"AR pretraining: {plan.ar_iters} iterations to convert, then on to {baseline_iters} "
-                 "as the AR baseline")
+    # both continuations (dLLM and AR baseline) use the same iterations and learning rates
+    continued = ["--train-iters", str(plan.dllm_iters), "--lr", str(plan.dllm_lr),
+                 "--min-lr", str(plan.dllm_lr / 10), "--lr-warmup-iters", str(max(1, plan.dllm_iters // 30)),
+                 "--save-interval", str(plan.dllm_iters)]
+    runner.stage(f"AR pretraining, {plan.ar_iters} iterations")
     runner.run("ar_pretrain", [py, "-m", "megatron_dllm.pretrain", *common, "--dllm-objective", "ar",
-                               "--train-iters", str(baseline_iters), "--save", ar_dir,
-                               "--save-interval", str(plan.ar_iters), "--ckpt-keep-last", "0",
-                               "--eval-interval", str(plan.ar_iters),
+                               "--train-iters", str(plan.ar_iters), "--save", ar_dir,
+                               "--lr-warmup-iters", str(min(20, max(1, plan.ar_iters // 10))),
+                               "--save-interval", str(plan.ar_iters), "--eval-interval", str(plan.ar_iters),
                                "--tensorboard-dir", os.path.join(out_dir, "tb", "ar")])
 
     runner.stage(f"conversion of the AR checkpoint at iteration {plan.ar_iters} to a dLLM checkpoint")
@@ -191,26 +196,31 @@ def run_demo(out_dir: str, plan: Plan) -> dict:
     schedule = plan.block_schedule(tokens_per_step)
     runner.stage(f"dLLM continued pretraining, {plan.dllm_iters} iterations: {schedule}")
     runner.run("dllm_pretrain", [py, "-m", "megatron_dllm.pretrain", *common, "--dllm-objective", "bd",
-                                 "--dllm-block-schedule", schedule, "--train-iters", str(plan.dllm_iters),
-                                 "--lr", str(plan.dllm_lr), "--min-lr", str(plan.dllm_lr / 10),
-                                 "--lr-warmup-iters", str(max(1, plan.dllm_iters // 30)),
+                                 "--dllm-block-schedule", schedule, *continued,
                                  "--load", dllm_init, "--save", dllm_dir,
-                                 "--save-interval", str(plan.dllm_iters),
                                  "--eval-interval", str(max(1, plan.dllm_iters // 3)),
                                  "--tensorboard-dir", os.path.join(out_dir, "tb", "dllm")])
 
     runner.stage("validation NELBO after dLLM training (same data and t points)")
     nelbo_final = _json_lines(runner.run("nelbo_trained", [*evaluate, "--load", dllm_dir]))[-1]
 
+    runner.stage(f"AR baseline: the AR checkpoint continued as AR for {plan.dllm_iters} iterations "
+                 "(same learning rates)")
+    runner.run("ar_baseline", [py, "-m", "megatron_dllm.pretrain", *common, "--dllm-objective", "ar",
+                               *continued, "--load", ar_dir, "--finetune", "--save", base_dir,
+                               "--eval-interval", str(plan.dllm_iters),
+                               "--tensorboard-dir", os.path.join(out_dir, "tb", "ar_baseline")])
+
     runner.stage("held-out addition problems: the dLLM (block decoding) vs the AR baseline (greedy)")
     dllm_task = _json_lines(runner.run("task_dllm", [
         py, tool("eval_addition.py"), "--load", dllm_dir, "--tokenizer-model", tok, *task_flags,
         "--block-length", str(plan.decode_block), "--gen-length", str(data.task["max_digits"] + 2),
         "--threshold", str(plan.decode_threshold), "--examples", "3"], echo=False))[-1]
-    ar_task = _json_lines(runner.run("task_ar", [
-        py, tool("eval_addition.py"), "--load", ar_dir, "--tokenizer-model", tok, *task_flags,
+    ar_task, converted_task = (_json_lines(runner.run(name, [
+        py, tool("eval_addition.py"), "--load", path, "--tokenizer-model", tok, *task_flags,
         "--gen-length", str(data.task["max_digits"] + 2), "--examples", "3"], echo=False))[-1]
-    for name, r in (("dLLM", dllm_task), ("AR baseline", ar_task)):
+        for name, path in (("task_ar_baseline", base_dir), ("task_ar_converted", ar_dir)))
+    for name, r in (("dLLM", dllm_task), ("AR baseline", ar_task), ("AR at the conversion", converted_task)):
         shown = ", ".join(f"{e['prompt']}{e['completion']}" for e in r["examples"])
         print(f"  {name}: accuracy {r['accuracy']:.3f} ({r['correct']}/{r['total']}), e.g. {shown}", flush=True)
 
@@ -257,7 +267,8 @@ def run_demo(out_dir: str, plan: Plan) -> dict:
         "synthetic_task_accuracy": {
             "dllm": dllm_task["accuracy"], "dllm_threshold": plan.decode_threshold,
             "dllm_block_length": plan.decode_block, "dllm_tokens_per_forward": dllm_task["tokens_per_forward"],
-            "ar_baseline": ar_task["accuracy"], "ar_baseline_checkpoint": ar_dir,
+            "ar_baseline": ar_task["accuracy"], "ar_baseline_checkpoint": base_dir,
+            "ar_at_conversion": converted_task["accuracy"],
             "ar_baseline_iterations": baseline_iters, "training_tokens_each": baseline_iters * tokens_per_step,
             "problems": dllm_task["total"]},
         "tokens_per_forward_by_threshold": sweep,

@@ -25,8 +25,8 @@ def demo(tmp_path_factory):
 
 def test_progress_is_printed_stage_by_stage(demo):
     _, _, stdout = demo
-    for i in range(1, 9):
-        assert f"[demo {i}/8]" in stdout
+    for i in range(1, 10):
+        assert f"[demo {i}/9]" in stdout
     assert "$ " in stdout and "iteration" in stdout
 
 
@@ -40,6 +40,7 @@ def test_summary_has_the_quickstart_fields(demo):
     assert sum(p["iterations"] for p in phases) == 15
     acc = summary["synthetic_task_accuracy"]
     assert 0.0 <= acc["dllm"] <= 1.0 and 0.0 <= acc["ar_baseline"] <= 1.0 and acc["problems"] == 20
+    assert 0.0 <= acc["ar_at_conversion"] <= 1.0 and acc["ar_baseline_iterations"] == 12 + 15
     assert len(summary["samples"]) == 3
     for sample in summary["samples"]:
         assert set(sample) == {"prompt", "text", "tokens_per_forward"} and sample["tokens_per_forward"] >= 1.0

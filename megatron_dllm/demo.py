@@ -214,11 +214,11 @@ def run_demo(out_dir: str, plan: Plan) -> dict:
     runner.stage("held-out addition problems: the dLLM (block decoding) vs the AR baseline (greedy)")
     dllm_task = _json_lines(runner.run("task_dllm", [
         py, tool("eval_addition.py"), "--load", dllm_dir, "--tokenizer-model", tok, *task_flags,
-        "--block-length", str(plan.decode_block), "--gen-length", str(data.task["max_digits"] + 2),
+        "--block-length", str(plan.decode_block),
         "--threshold", str(plan.decode_threshold), "--examples", "3"], echo=False))[-1]
     ar_task, converted_task = (_json_lines(runner.run(name, [
         py, tool("eval_addition.py"), "--load", path, "--tokenizer-model", tok, *task_flags,
-        "--gen-length", str(data.task["max_digits"] + 2), "--examples", "3"], echo=False))[-1]
+        "--examples", "3"], echo=False))[-1]
         for name, path in (("task_ar_baseline", base_dir), ("task_ar_converted", ar_dir)))
     for name, r in (("dLLM", dllm_task), ("AR baseline", ar_task), ("AR at the conversion", converted_task)):
         shown = ", ".join(f"{e['prompt']}{e['completion']}" for e in r["examples"])

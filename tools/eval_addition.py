@@ -35,7 +35,8 @@ def build_parser():
                    help="confidence threshold(s) of diffusion decoding; several give a sweep")
     p.add_argument("--block-length", type=int, default=8)
     p.add_argument("--steps", type=int, default=None, help="decoding steps per block (default: block length)")
-    p.add_argument("--gen-length", type=int, default=8, help="tokens to generate at most")
+    p.add_argument("--gen-length", type=int, default=None,
+                   help="tokens to generate (default: the task's answer length, digits + EOD, as in training)")
     p.add_argument("--max-digits", type=int, default=2, help="operand digits of the task")
     p.add_argument("--num-test", type=int, default=200, help="held-out problems of the task")
     p.add_argument("--task-seed", type=int, default=0, help="seed of the task's train/test split")
@@ -77,6 +78,7 @@ def main(argv=None) -> int:
         if decoder == "auto":
             decoder = "ar" if meta.get("objective") == "ar" else "diffusion"
         forward = full_vocab_forward(model, model_cfg.vocab_size)
+        gen_length = args.gen_length or task.answer_tokens
         problems = task.test_problems() if args.split == "test" else task.train_pairs[: args.num_test]
         settings = [None] if decoder == "ar" else args.threshold
         for threshold in settings:
@@ -84,13 +86,13 @@ def main(argv=None) -> int:
             if decoder == "diffusion":
                 mask_id = meta.get("mask_token_id")
                 cfg = DecodeConfig(mask_id=mask_id if mask_id is not None else require_mask_token(tok),
-                                   gen_length=args.gen_length, block_length=args.block_length,
+                                   gen_length=gen_length, block_length=args.block_length,
                                    steps=args.steps or args.block_length, threshold=threshold,
                                    eos_id=tok.eod_id)
                 cfg.validate()
             start = time.perf_counter()
             result = addition_accuracy(model, forward, tok, task, problems, decoder=decoder, decode_cfg=cfg,
-                                       max_new_tokens=args.gen_length, device=device,
+                                       max_new_tokens=gen_length, device=device,
                                        num_examples=args.examples)
             record = {"decoder": decoder, "threshold": threshold, "block_length": args.block_length
                       if decoder == "diffusion" else None, "split": args.split, **result.as_dict(),

@@ -46,8 +46,7 @@ def write_jsonl(path: str, texts: Iterable[str], key: str = "text") -> None:
 
 def train_sentencepiece(lines: Sequence[str], model_prefix: str, vocab_size: int = 100,
                         user_defined_symbols: Optional[Sequence[str]] = ("<|mask|>",),
-                        eos_id: int = 1, split_digits: bool = False,
-                        max_sentence_length: int = 4192) -> str:
+                        eos_id: int = 1, split_digits: bool = False) -> str:
     """Train a small unigram sentencepiece model on ``lines``; returns the ``.model`` path.
 
     Special ids: unk 0, eos ``eos_id`` (-1: none), pad 2, no BOS; user-defined symbols follow.
@@ -59,6 +58,5 @@ def train_sentencepiece(lines: Sequence[str], model_prefix: str, vocab_size: int
         sentence_iterator=iter(list(lines)), model_prefix=model_prefix, vocab_size=vocab_size,
         user_defined_symbols=list(user_defined_symbols or []), model_type="unigram",
         unk_id=0, eos_id=eos_id, pad_id=2, bos_id=-1, hard_vocab_limit=False,
-        character_coverage=1.0, minloglevel=2, num_threads=1, split_digits=split_digits,
-        max_sentence_length=max_sentence_length)
+        character_coverage=1.0, minloglevel=2, num_threads=1, split_digits=split_digits)
     return model_prefix + ".model"

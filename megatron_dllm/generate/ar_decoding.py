@@ -35,12 +35,12 @@ def greedy_ar(prompt: List[int], forward: Callable, max_new_tokens: int, *, eos_
         if cache is None:
             tokens = torch.tensor([seq], dtype=torch.long, device=device)
             return forward(tokens, torch.arange(hi, device=device)[None], mask)[0, -1]
-        cache.commit = True
+        cache.commit_tokens = hi - lo
         try:
             tokens = torch.tensor([seq[lo:hi]], dtype=torch.long, device=device)
             return forward(tokens, torch.arange(lo, hi, device=device)[None], mask[lo:hi])[0, -1]
         finally:
-            cache.commit = False
+            cache.commit_tokens = 0
 
     lo = 0
     for _ in range(max_new_tokens):

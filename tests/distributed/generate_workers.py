@@ -21,17 +21,24 @@ def decoding_worker(rank, world_size):
     cfg = get_preset("tiny-moe")
     model = build_model(cfg, parallel, init_seed=3).eval()
     forward = full_vocab_forward(model, 254)
-    out = {"equal": [], "tpf": {}}
-    for prompt in ([1, 2, 3], list(range(10, 26)), list(range(40, 61))):  # partial, whole, partial blocks
-        runs = {}
-        for use_cache in (True, False):
-            dcfg = DecodeConfig(mask_id=MASK, gen_length=20, block_length=8, steps=8, threshold=0.9,
-                                use_cache=use_cache)
-            cache = DecodeCache() if use_cache else None
-            attach(model, cache)
-            runs[use_cache] = decode(prompt, forward, dcfg, cache=cache)
-            attach(model, None)
-        out["equal"].append((runs[True].tokens, runs[False].tokens, runs[True].num_cache_passes))
+    out = {"tpf": {}}
+    out["variants"] = {}
+    variants = [(False, "block_causal"), (True, "block_causal"), (False, "causal"), (True, "causal")]
+    for token_shift, clean_stream in variants:
+        rows = []
+        for prompt in ([1, 2, 3], list(range(10, 26)), list(range(40, 61))):  # partial, whole, partial blocks
+            runs = {}
+            for use_cache, fuse in ((True, True), (True, False), (False, True)):
+                dcfg = DecodeConfig(mask_id=MASK, gen_length=20, block_length=8, steps=8, threshold=0.9,
+                                    use_cache=use_cache, fuse_commit=fuse, token_shift=token_shift,
+                                    clean_stream=clean_stream)
+                cache = DecodeCache() if use_cache else None
+                attach(model, cache)
+                res = decode(prompt, forward, dcfg, cache=cache)
+                attach(model, None)
+                runs[(use_cache, fuse)] = (res.tokens, res.num_forward_passes, res.num_cache_passes)
+            rows.append(runs)
+        out["variants"][(token_shift, clean_stream)] = rows
     for threshold in (1.0, 0.0):
         dcfg = DecodeConfig(mask_id=MASK, gen_length=24, block_length=8, steps=8, threshold=threshold,
                             use_cache=True)

@@ -12,10 +12,21 @@ def decoded():
 
 
 def test_kv_cache_gives_the_tokens_of_no_cache_decoding(decoded):
-    for cached, uncached, cache_passes in decoded["equal"]:
-        assert cached == uncached
-        assert len(cached) == 20
-        assert cache_passes >= 3  # prefill (when the prompt has a whole block) + one commit per block
+    """Every variant (token shift, causal clean stream): cached == uncached, and fusing the commit
+    of a finished block into the next block's first step changes no token and saves a forward."""
+    variants = decoded["variants"]
+    assert len(variants) == 4
+    for rows in variants.values():
+        for runs in rows:
+            fused, separate, uncached = runs[(True, True)], runs[(True, False)], runs[(False, True)]
+            assert fused[0] == separate[0] == uncached[0]
+            assert len(fused[0]) == 20
+            assert fused[1] == separate[1] == uncached[1]        # the same decoding steps
+            assert fused[2] == 0 and uncached[2] == 0
+            assert separate[2] >= 2  # prefill (when the prompt has a whole block) + one commit per block
+    default = [r[(True, True)][0] for r in variants[(False, "block_causal")]]
+    for key in ((True, "block_causal"), (False, "causal")):
+        assert [r[(True, True)][0] for r in variants[key]] != default  # the variants decode differently
 
 
 def test_threshold_one_decodes_one_token_per_forward(decoded):

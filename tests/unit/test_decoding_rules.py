@@ -68,8 +68,13 @@ def test_slots_after_the_end_are_never_attended(use_cache):
     for positions, mask in seen:
         assert len(positions) % 8 == 0                          # whole blocks
         keys = mask.shape[1]
-        for row, pos in enumerate(positions):
-            if pos < total:
+        assert max(positions) < total                           # hidden slots reuse position total - 1
+        for row in range(len(positions)):
+            index = keys - len(positions) + row                 # absolute slot (after the cached keys)
+            if index < total:
+                assert positions[row] == index
                 assert not mask[row, total:].any()              # real slots never see padding
-                expected = torch.arange(keys) < min((pos // 8 + 1) * 8, total)
+                expected = torch.arange(keys) < min((index // 8 + 1) * 8, total)
                 assert torch.equal(mask[row], expected)         # block-causal up to the end
+            else:
+                assert torch.equal(mask[row], torch.arange(keys) == index)  # padding sees itself

@@ -7,6 +7,9 @@ broadcasting. Kinds (METHOD.md 3.3, 5; b(k) = k // block_size on packed position
 * ``"block_diffusion"``: input ``[xt ; x0]`` of length 2L (positions i < L are the noisy half).
   xt -> xt: same block; xt -> x0: strictly earlier block; x0 -> x0: same or earlier block;
   x0 -> xt: never. Block size L is the MDLM case (xt never sees x0).
+* ``"block_diffusion_causal_clean"``: the same, but the clean half is strictly causal
+  (x0 -> x0: key position <= query position), as in Efficient-DLM / I-DLM
+  (``--dllm-clean-stream-causal``); a next-token loss on x0 then has no leak.
 * ``"bidirectional"``: input of length L, every query sees every key (the MDLM layout).
 * ``"block_causal"``: input of length L, b(key) <= b(query) (decoding; block size 1 = causal).
 
@@ -27,7 +30,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-KINDS = ("block_diffusion", "bidirectional", "block_causal")
+KINDS = ("block_diffusion", "block_diffusion_causal_clean", "bidirectional", "block_causal")
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -46,6 +49,19 @@ def block_diffusion_predicate(q_idx: torch.Tensor, kv_idx: torch.Tensor, seq_len
     xt_xt = q_noisy & kv_noisy & (q_block == kv_block)
     xt_x0 = q_noisy & ~kv_noisy & (q_block > kv_block)
     x0_x0 = ~q_noisy & ~kv_noisy & (q_block >= kv_block)
+    return xt_xt | xt_x0 | x0_x0
+
+
+def block_diffusion_causal_clean_predicate(q_idx: torch.Tensor, kv_idx: torch.Tensor, seq_len: int,
+                                           block_size: int) -> torch.Tensor:
+    """BD mask on [xt ; x0] whose clean half is strictly causal (x0 -> x0: key <= query)."""
+    q_noisy = q_idx < seq_len
+    kv_noisy = kv_idx < seq_len
+    q_block = (q_idx % seq_len) // block_size
+    kv_block = (kv_idx % seq_len) // block_size
+    xt_xt = q_noisy & kv_noisy & (q_block == kv_block)
+    xt_x0 = q_noisy & ~kv_noisy & (q_block > kv_block)
+    x0_x0 = ~q_noisy & ~kv_noisy & (kv_idx <= q_idx)
     return xt_xt | xt_x0 | x0_x0
 
 
@@ -87,6 +103,9 @@ def make_mask_mod(kind: str, seq_len: int, block_size: Optional[int] = None,
     if kind == "block_diffusion":
         def base(q, kv):
             return block_diffusion_predicate(q, kv, seq_len, block_size)
+    elif kind == "block_diffusion_causal_clean":
+        def base(q, kv):
+            return block_diffusion_causal_clean_predicate(q, kv, seq_len, block_size)
     elif kind == "bidirectional":
         base = bidirectional_predicate
     else:
@@ -114,8 +133,8 @@ def make_mask_mod(kind: str, seq_len: int, block_size: Optional[int] = None,
 
 
 def mask_length(kind: str, seq_len: int) -> int:
-    """Query / key length of a mask kind: 2L for block_diffusion, L otherwise."""
-    return 2 * seq_len if kind == "block_diffusion" else seq_len
+    """Query / key length of a mask kind: 2L for the block-diffusion kinds, L otherwise."""
+    return 2 * seq_len if kind.startswith("block_diffusion") else seq_len
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,10 +41,13 @@ class PositionedRotaryEmbedding(RotaryEmbedding):
 class DiffusionGPTModel(GPTModel):
     """GPTModel whose RoPE honours ``position_ids`` (both halves of ``[xt ; x0]`` at 0..L-1).
 
-    ``forward(..., logits_prefix=L)`` computes the output layer for the first L positions only (the
-    noisy half of ``[xt ; x0]``, the only one with a loss): the vocabulary projection of the clean
-    half is never computed. Without sequence parallelism only (under it each rank holds a slice of
-    the sequence, and the full logits are computed as before).
+    ``forward(..., logits_index=idx)`` computes the output layer for the sequence positions ``idx``
+    only (1-D long tensor, in that order): the noisy half of ``[xt ; x0]`` (``arange(L)``, or
+    ``logits_prefix=L``), the shifted rows of ``--dllm-token-shift``, or noisy + clean rows for the
+    AR loss on a causal clean stream. The logits then have ``len(idx)`` positions. Without sequence
+    parallelism the hidden states are selected before the vocabulary projection, so the other rows
+    are never projected; under it each rank holds a slice of the sequence, so the full logits are
+    computed and the rows selected afterwards (same result, more compute).
     """
 
     def __init__(self, *args, **kwargs):
@@ -54,23 +57,36 @@ class DiffusionGPTModel(GPTModel):
         # Same state, same buffers: only forward() differs, so the checkpoint layout stays stock.
         self.rotary_pos_emb.__class__ = PositionedRotaryEmbedding
         self.rotary_pos_emb.table_len = self.max_sequence_length
-        self._logits_prefix = None
+        self._logits_index = None
         if self.post_process:
-            self.output_layer.register_forward_pre_hook(self._slice_before_output_layer)
+            self.output_layer.register_forward_pre_hook(self._select_before_output_layer)
+            self.output_layer.register_forward_hook(self._select_after_output_layer)
 
-    def _slice_before_output_layer(self, module, args):
-        if self._logits_prefix is None or self.config.sequence_parallel:
+    def _select_before_output_layer(self, module, args):
+        if self._logits_index is None or self.config.sequence_parallel:
             return None
         hidden = args[0]  # [s, b, h]
-        return (hidden[: self._logits_prefix],) + tuple(args[1:])
+        index = self._logits_index.to(hidden.device)
+        return (hidden.index_select(0, index),) + tuple(args[1:])
 
-    def forward(self, input_ids, position_ids, attention_mask, *args, logits_prefix=None, **kwargs):
+    def _select_after_output_layer(self, module, args, output):
+        if self._logits_index is None or not self.config.sequence_parallel:
+            return None
+        logits, bias = output  # [s, b, v / tp], the whole sequence (gathered by the layer)
+        return logits.index_select(0, self._logits_index.to(logits.device)), bias
+
+    def forward(self, input_ids, position_ids, attention_mask, *args, logits_prefix=None,
+                logits_index=None, **kwargs):
         """Stock GPTModel.forward; ``position_ids [b, s]`` also drive RoPE when given."""
+        if logits_prefix is not None:
+            if logits_index is not None:
+                raise ValueError("give logits_prefix or logits_index, not both")
+            logits_index = torch.arange(logits_prefix)
         rope = self.rotary_pos_emb
         rope.positions = position_ids
-        self._logits_prefix = logits_prefix
+        self._logits_index = logits_index
         try:
             return super().forward(input_ids, position_ids, attention_mask, *args, **kwargs)
         finally:
             rope.positions = None
-            self._logits_prefix = None
+            self._logits_index = None

@@ -6,6 +6,11 @@ Layouts (DESIGN.md "One training step"):
     ``mdlm``  block size = L: input ``xt`` (L), bidirectional document mask.
     ``ar``    the causal baseline: input ``x0``, causal AND document mask, next-token labels.
 
+Variants (``diffusion/alignment.py``): ``token_shift`` reads the logit of position i from row i-1
+(a block's first token from the clean stream); ``clean_stream_causal`` makes x0 -> x0 strictly
+causal, and ``ar_loss_weight`` adds a next-token loss on the clean stream's outputs;
+``complementary`` doubles the rows of a micro-batch with the complementary masks.
+
 The loss function follows Megatron's per-token contract: it returns ``(loss_sum, num_tokens, report)``
 and Megatron-Core normalises over micro-batches and data-parallel ranks.
 """
@@ -17,8 +22,9 @@ from typing import Dict, Optional
 
 import torch
 
-from megatron_dllm.diffusion import losses, masks
-from megatron_dllm.diffusion.noising import NoiseConfig, NoiseResult, apply_noise, apply_noise_per_sample
+from megatron_dllm.diffusion import alignment, losses, masks
+from megatron_dllm.diffusion.noising import (NoiseConfig, NoiseResult, apply_noise, apply_noise_per_sample,
+                                             complement)
 from megatron_dllm.diffusion.seeding import noise_generator
 
 STREAM_EVAL = 3
@@ -38,6 +44,10 @@ class StepContext:
     loss_weight: str = "inv_t"
     loss_norm: str = "all_tokens"
     label_shift: bool = False
+    token_shift: bool = False
+    clean_stream_causal: bool = False
+    ar_loss_weight: float = 0.0
+    complementary: bool = False
     attention_backend: str = "sdpa"  # resolved: sdpa | flex | te
     device: str = "cpu"
     num_buckets: int = 5
@@ -53,6 +63,10 @@ class ModelInputs:
     targets: torch.Tensor            # [B, L] labels of the positions that carry loss
     noise: NoiseResult               # noise_mask / t_per_token [B, L] (ar: all ones)
     loss_mask: torch.Tensor          # [B, L] bool
+    logits_index: Optional[torch.Tensor]  # [L] or [2L] long: rows projected to logits (None: all)
+    sample_index: torch.Tensor       # [B] global sample index of each row (repeated by complementary)
+    ar_targets: Optional[torch.Tensor] = None  # [B, L] next-token targets of the clean stream
+    ar_mask: Optional[torch.Tensor] = None     # [B, L] bool, where they carry loss
 
 
 def _attention_mask(kind: str, ctx: StepContext, block_size, docs: torch.Tensor):
@@ -76,42 +90,71 @@ def _noise(batch: Dict, ctx: StepContext) -> NoiseResult:
                        t_per_token=torch.cat([r.t_per_token for r in rows]))
 
 
+def _complementary(batch: Dict, noise: NoiseResult, ctx: StepContext):
+    """The batch twice: rows as noised, then the same rows with the complementary masks."""
+    other = complement(noise, batch["tokens"], ctx.mask_token_id, batch["loss_mask"].to(torch.bool))
+    doubled = {k: torch.cat([v, v]) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    both = NoiseResult(xt=torch.cat([noise.xt, other.xt]), noise_mask=torch.cat([noise.noise_mask, other.noise_mask]),
+                       t_per_token=torch.cat([noise.t_per_token, other.t_per_token]))
+    return doubled, both
+
+
 def prepare_inputs(batch: Dict, ctx: StepContext) -> ModelInputs:
     """Model inputs of one micro-batch (batch-first tensors on CPU; moved to the device here)."""
     x0 = batch["tokens"]
-    loss_mask = batch["loss_mask"].to(torch.bool)
-    docs = batch["document_ids"]
     B, L = x0.shape
     if L != ctx.seq_length:
         raise ValueError(f"batch has {L} tokens per sample, the run expects --seq-length {ctx.seq_length}")
-    positions = torch.arange(L).expand(B, L)
+    ar_targets = ar_mask = None
     if ctx.layout == "ar":
+        loss_mask = batch["loss_mask"].to(torch.bool)
         shifted = losses.label_shift(x0, loss_mask, torch.ones(B, L), loss_mask)
         noise = NoiseResult(xt=x0, noise_mask=shifted.noise_mask, t_per_token=shifted.t_per_token)
         tokens, targets = x0, shifted.targets
         loss_mask = shifted.loss_mask
-        attention = _attention_mask("block_causal", ctx, 1, docs)
+        attention = _attention_mask("block_causal", ctx, 1, batch["document_ids"])
+        rows = alignment.same_position_rows(L)
     else:
         noise = _noise(batch, ctx)
+        if ctx.complementary and ctx.eval_t is None:
+            batch, noise = _complementary(batch, noise, ctx)
+            x0 = batch["tokens"]
+        loss_mask = batch["loss_mask"].to(torch.bool)
+        docs = batch["document_ids"]
         targets = x0
         if ctx.label_shift:
             shifted = losses.label_shift(x0, noise.noise_mask, noise.t_per_token, loss_mask)
             targets, loss_mask = shifted.targets, shifted.loss_mask
             noise = NoiseResult(xt=noise.xt, noise_mask=shifted.noise_mask, t_per_token=shifted.t_per_token)
+        if ctx.token_shift:
+            loss_mask = alignment.token_shift_loss_mask(loss_mask)
+            rows = alignment.token_shift_rows(L, ctx.block_size, two_streams=ctx.layout == "bd")
+        else:
+            rows = alignment.same_position_rows(L)
         if ctx.layout == "bd":
             tokens = torch.cat([noise.xt, x0], dim=1)
-            positions = positions.repeat(1, 2)
-            attention = _attention_mask("block_diffusion", ctx, ctx.block_size, docs)
+            kind = "block_diffusion_causal_clean" if ctx.clean_stream_causal else "block_diffusion"
+            attention = _attention_mask(kind, ctx, ctx.block_size, docs)
+            if ctx.ar_loss_weight > 0:
+                ar_targets, ar_mask = alignment.next_token_targets(x0, batch["loss_mask"])
+                rows = torch.cat([rows, alignment.clean_stream_rows(L)])
         elif ctx.layout == "mdlm":
             tokens = noise.xt
             attention = _attention_mask("bidirectional", ctx, None, docs)
         else:
             raise ValueError(f"unknown layout {ctx.layout!r}")
+    if len(rows) == tokens.shape[1] and torch.equal(rows, torch.arange(len(rows))):
+        rows = None  # every row, in order: the stock output layer
+    positions = torch.arange(L).expand(x0.shape[0], L)
+    if tokens.shape[1] == 2 * L:
+        positions = positions.repeat(1, 2)
     dev = ctx.device
+    move = (lambda x: None if x is None else x.to(dev))  # noqa: E731
     return ModelInputs(tokens=tokens.to(dev), position_ids=positions.to(dev), attention_mask=attention,
                        targets=targets.to(dev),
                        noise=NoiseResult(noise.xt.to(dev), noise.noise_mask.to(dev), noise.t_per_token.to(dev)),
-                       loss_mask=loss_mask.to(dev))
+                       loss_mask=loss_mask.to(dev), logits_index=rows, sample_index=batch["sample_index"],
+                       ar_targets=move(ar_targets), ar_mask=move(ar_mask))
 
 
 def make_loss_func(inputs: ModelInputs, ctx: StepContext):
@@ -121,24 +164,32 @@ def make_loss_func(inputs: ModelInputs, ctx: StepContext):
     L = ctx.seq_length
 
     def loss_func(logits: torch.Tensor):
-        ce, correct = ce_and_correct(logits[:, :L], inputs.targets)
+        ce, correct = ce_and_correct(logits[:, :L], inputs.targets)  # rows = inputs.logits_index
         weighting, norm = (("none", "masked_tokens") if ctx.layout == "ar"
                            else (ctx.loss_weight, ctx.loss_norm))
         out = losses.diffusion_loss(ce, inputs.noise.noise_mask, inputs.noise.t_per_token, inputs.loss_mask,
                                     weighting=weighting, normalization=norm,
                                     num_buckets=ctx.num_buckets if ctx.layout != "ar" else 0)
         sel = inputs.noise.noise_mask & inputs.loss_mask
-        report = {
-            "loss_sum": out.loss_sum.detach().float(),
+        loss_sum = out.loss_sum
+        report = {}
+        if inputs.ar_targets is not None:  # next-token loss of the causal clean stream
+            ar_ce, _ = ce_and_correct(logits[:, L:], inputs.ar_targets)
+            ar_sum = torch.where(inputs.ar_mask, ar_ce, torch.zeros_like(ar_ce)).sum()
+            loss_sum = loss_sum + ctx.ar_loss_weight * ar_sum
+            report["ar_loss_sum"] = ar_sum.detach().float()
+            report["ar_tokens"] = inputs.ar_mask.sum().float()
+        report.update({
+            "loss_sum": loss_sum.detach().float(),
             "num_tokens": out.num_tokens.detach().float(),
             "num_noised": out.num_noised.detach().float(),
             "correct": (correct & sel).sum().float(),
-        }
+        })
         if out.bucket_loss_sum is not None:
             for k in range(ctx.num_buckets):
                 report[f"bucket{k}_loss_sum"] = out.bucket_loss_sum[k].float()
                 report[f"bucket{k}_count"] = out.bucket_count[k].float()
-        return out.loss_sum, out.num_tokens.to(torch.int), report
+        return loss_sum, out.num_tokens.to(torch.int), report
 
     return loss_func
 
@@ -151,10 +202,11 @@ def make_forward_step(ctx: StepContext):
         inputs = prepare_inputs(batch, ctx)
         hook = ctx.embedding_noise
         if hook is not None:
-            hook.sample_indices = batch["sample_index"].tolist()
+            hook.sample_indices = inputs.sample_index.tolist()
             hook.iteration = ctx.iteration
-        prefix = ctx.seq_length if ctx.layout == "bd" else None  # logits of the noisy half only
-        logits = model(inputs.tokens, inputs.position_ids, inputs.attention_mask, logits_prefix=prefix)
+        # the rows with a loss only: the clean half of [xt ; x0] is not projected unless it has one
+        logits = model(inputs.tokens, inputs.position_ids, inputs.attention_mask,
+                       logits_index=inputs.logits_index)
         return logits, make_loss_func(inputs, ctx)
 
     return forward_step

@@ -6,11 +6,14 @@
     python tools/eval_addition.py --load runs/demo/ar_baseline ...                        # AR: greedy
 
 A dLLM checkpoint is decoded block by block with the confidence threshold (tools/generate.py's
-decoder, KV cache on); an AR checkpoint (objective ``ar`` in its metadata) greedily, one token per
-forward. The problems are those ``megatron_dllm.data.addition.AdditionTask`` holds out for the
-given --max-digits / --num-test / --task-seed, which must match the corpus the model was trained on
-(the demo's defaults). Prints one JSON object per threshold (accuracy, correct, total,
-tokens_per_forward, seconds, examples).
+decoder, KV cache on), honouring the token shift / clean stream its metadata records; an AR
+checkpoint (objective ``ar``) greedily, one token per forward. ``--decoder ar`` also decodes a dLLM
+trained with a causal clean stream greedily (refused for any other dLLM). The problems are those
+``megatron_dllm.data.addition.AdditionTask`` holds out for the given --max-digits / --num-test /
+--task-seed, which must match the corpus the model was trained on (the demo's defaults). The model
+is loaded once; prints one JSON object per threshold: accuracy, correct, total, tokens_per_forward
+(answer tokens with EOS / decoding forwards), model_calls_per_problem (every forward, cache passes
+included), decode_seconds (sum of the decode calls, model loading excluded), seconds, examples.
 """
 
 from __future__ import annotations
@@ -30,13 +33,20 @@ def build_parser():
     p.add_argument("--load", required=True, help="checkpoint directory (its latest iteration is used)")
     p.add_argument("--tokenizer-model", required=True, help="the tokenizer the model was trained with")
     p.add_argument("--decoder", default="auto", choices=["auto", "diffusion", "ar"],
-                   help="auto: ar for an AR checkpoint, else diffusion")
+                   help="auto: ar for an AR checkpoint, else diffusion; ar on a dLLM needs a causal clean stream")
     p.add_argument("--threshold", type=float, nargs="+", default=[0.95],
-                   help="confidence threshold(s) of diffusion decoding; several give a sweep")
+                   help="confidence threshold(s) of diffusion decoding; several give a sweep (one model load)")
     p.add_argument("--block-length", type=int, default=8)
     p.add_argument("--steps", type=int, default=None, help="decoding steps per block (default: block length)")
+    p.add_argument("--minimal-topk", type=int, default=1,
+                   help="step cap of the official LLaDA2 generate: steps = min(steps, gen_length // minimal_topk); "
+                   "0 turns it off")
     p.add_argument("--gen-length", type=int, default=None,
                    help="tokens to generate (default: the task's answer length, digits + EOD, as in training)")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step")
+    p.add_argument("--separate-commits", action="store_true",
+                   help="write each finished block to the KV cache in its own forward (default: fused "
+                   "into the next block's first step; same tokens)")
     p.add_argument("--max-digits", type=int, default=2, help="operand digits of the task")
     p.add_argument("--num-test", type=int, default=200, help="held-out problems of the task")
     p.add_argument("--task-seed", type=int, default=0, help="seed of the task's train/test split")
@@ -68,35 +78,37 @@ def main(argv=None) -> int:
     init_process_group(device)
     try:
         from megatron_dllm.data.tokenizer import load_tokenizer, require_mask_token
-        from megatron_dllm.generate.decoding import DecodeConfig
         from megatron_dllm.generate.loading import full_vocab_forward, load_for_inference
-        from megatron_dllm.generate.task_eval import addition_accuracy
+        from megatron_dllm.generate.task_eval import addition_accuracy, check_task_prompts
+        from megatron_dllm.generate.variants import decode_configs, max_positions, resolve_decoder
 
         tok = load_tokenizer(args.tokenizer_model)
         model, model_cfg, meta = load_for_inference(args.load, ParallelConfig(), device)
-        decoder = args.decoder
-        if decoder == "auto":
-            decoder = "ar" if meta.get("objective") == "ar" else "diffusion"
+        decoder = resolve_decoder(meta, args.decoder)
         forward = full_vocab_forward(model, model_cfg.vocab_size)
         gen_length = args.gen_length or task.answer_tokens
         problems = task.test_problems() if args.split == "test" else task.train_pairs[: args.num_test]
-        settings = [None] if decoder == "ar" else args.threshold
-        for threshold in settings:
-            cfg = None
-            if decoder == "diffusion":
-                mask_id = meta.get("mask_token_id")
-                cfg = DecodeConfig(mask_id=mask_id if mask_id is not None else require_mask_token(tok),
-                                   gen_length=gen_length, block_length=args.block_length,
-                                   steps=args.steps or args.block_length, threshold=threshold,
-                                   eos_id=tok.eod_id)
-                cfg.validate()
+        check_task_prompts(tok, task, problems, gen_length, model_cfg.vocab_size, max_positions(model_cfg))
+        configs = [None]
+        if decoder == "diffusion":
+            mask_id = meta.get("mask_token_id")
+            configs = decode_configs(
+                meta, args.threshold, mask_id=mask_id if mask_id is not None else require_mask_token(tok),
+                gen_length=gen_length, block_length=args.block_length,
+                steps=args.steps if args.steps is not None else args.block_length,
+                minimal_topk=args.minimal_topk, eos_id=tok.eod_id, use_cache=not args.no_cache,
+                fuse_commit=not args.separate_commits)
+        for cfg in configs:
             start = time.perf_counter()
             result = addition_accuracy(model, forward, tok, task, problems, decoder=decoder, decode_cfg=cfg,
                                        max_new_tokens=gen_length, device=device,
-                                       num_examples=args.examples)
-            record = {"decoder": decoder, "threshold": threshold, "block_length": args.block_length
-                      if decoder == "diffusion" else None, "split": args.split, **result.as_dict(),
-                      "seconds": round(time.perf_counter() - start, 2)}
+                                       num_examples=args.examples, use_cache=not args.no_cache)
+            record = {"decoder": decoder, "threshold": cfg.threshold if cfg else None,
+                      "block_length": cfg.block_length if cfg else None,
+                      "steps": cfg.effective_steps if cfg else None,
+                      "token_shift": cfg.token_shift if cfg else None,
+                      "clean_stream": cfg.clean_stream if cfg else None, "split": args.split,
+                      **result.as_dict(), "seconds": round(time.perf_counter() - start, 2)}
             print(json.dumps(record), flush=True)
     except (ConfigError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,9 +7,12 @@
     torchrun --nproc-per-node 2 tools/generate.py --load CKPT --tensor-model-parallel-size 2 ...
 
 Prints each completion (or, with --json, one object per prompt: text, tokens, num_tokens,
-num_forward_passes, tokens_per_forward, seconds, decoder). An AR checkpoint (objective ``ar`` in its
-metadata, e.g. the source of a conversion) is decoded greedily left to right instead, one token per
-forward, up to --gen-length tokens.
+num_forward_passes, model_calls (decoding forwards + cache-only forwards), tokens_per_forward, seconds,
+decoder). The checkpoint's metadata decides the variant (token shift, causal clean stream) and the
+decoder: an AR checkpoint (objective ``ar``, e.g. the source of a conversion) is decoded greedily left
+to right, one token per forward, up to --gen-length tokens; ``--decoder ar`` does the same for a dLLM
+trained with a causal clean stream. A prompt id outside the vocabulary, or a prompt + --gen-length
+past the model's positions, is refused before decoding.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ def build_parser():
     p.add_argument("--gen-length", type=int, default=128)
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--steps", type=int, default=None, help="decoding steps per block (default: block length)")
+    p.add_argument("--minimal-topk", type=int, default=1,
+                   help="step cap of the official LLaDA2 generate: steps = min(steps, gen_length // minimal_topk); "
+                   "0 turns it off")
+    p.add_argument("--decoder", default="auto", choices=["auto", "diffusion", "ar"],
+                   help="auto: ar for an AR checkpoint, else diffusion; ar on a dLLM needs a causal clean stream")
     p.add_argument("--threshold", type=float, nargs="+", default=[0.95],
                    help="confidence threshold; several values decode every prompt once per value (a sweep)")
     p.add_argument("--temperature", type=float, default=0.0)
@@ -42,6 +50,9 @@ def build_parser():
     p.add_argument("--eos-id", type=int, default=None, help="default: the tokenizer's / checkpoint's EOD")
     p.add_argument("--no-eos-early-stop", action="store_true")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step")
+    p.add_argument("--separate-commits", action="store_true",
+                   help="write each finished block to the KV cache in its own forward (default: fused "
+                   "into the next block's first step; same tokens)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -78,9 +89,10 @@ def main(argv=None) -> int:
 
     try:
         from megatron_dllm.generate.ar_decoding import greedy_ar
-        from megatron_dllm.generate.decoding import DecodeConfig, decode
+        from megatron_dllm.generate.decoding import decode
         from megatron_dllm.generate.kv_cache import DecodeCache, attach
         from megatron_dllm.generate.loading import full_vocab_forward, load_for_inference
+        from megatron_dllm.generate.variants import check_prompt, decode_configs, max_positions, resolve_decoder
 
         tok = None
         if args.tokenizer_model:
@@ -95,19 +107,22 @@ def main(argv=None) -> int:
         if mask_id is None:
             raise ConfigError("no mask token id in the checkpoint or tokenizer: pass --mask-token-id")
         eos = args.eos_id if args.eos_id is not None else (tok.eod_id if tok else meta.get("eod_id"))
-        configs = [DecodeConfig(mask_id=mask_id, gen_length=args.gen_length, block_length=args.block_length,
-                                steps=args.steps or args.block_length, threshold=threshold,
-                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos,
-                                eos_early_stop=not args.no_eos_early_stop, use_cache=not args.no_cache,
-                                seed=args.seed) for threshold in args.threshold]
-        for cfg in configs:
-            cfg.validate()
+        configs = decode_configs(meta, args.threshold, mask_id=mask_id, gen_length=args.gen_length,
+                                 block_length=args.block_length,
+                                 steps=args.steps if args.steps is not None else args.block_length,
+                                 minimal_topk=args.minimal_topk, temperature=args.temperature, top_k=args.top_k,
+                                 top_p=args.top_p, eos_id=eos, eos_early_stop=not args.no_eos_early_stop,
+                                 use_cache=not args.no_cache, fuse_commit=not args.separate_commits,
+                                 seed=args.seed)
         prompts = [(text, tok.encode(text)) for text in prompts_text]
         prompts += [(None, [int(t) for t in ids.split()]) for ids in args.prompt_ids]
+        for text, ids in prompts:
+            check_prompt(ids, args.gen_length, model_cfg.vocab_size, max_positions(model_cfg),
+                         label=text if text is not None else " ".join(map(str, ids)))
         forward = full_vocab_forward(model, model_cfg.vocab_size)
-        is_ar = meta.get("objective") == "ar"
+        is_ar = resolve_decoder(meta, args.decoder) == "ar"
         if is_ar and dist.get_rank() == 0 and not args.json:
-            print("note: an AR checkpoint: greedy next-token decoding", file=sys.stderr)
+            print("note: greedy next-token decoding", file=sys.stderr)
         rank0 = dist.get_rank() == 0
         if is_ar:
             configs = configs[:1]  # greedy: the threshold does not apply
@@ -124,8 +139,9 @@ def main(argv=None) -> int:
             completion = tok.decode(out.tokens) if tok else " ".join(map(str, out.tokens))
             record = {"prompt": text if text is not None else ids, "text": completion, "tokens": out.tokens,
                       "num_tokens": len(out.tokens), "num_forward_passes": out.num_forward_passes,
-                      "tokens_per_forward": out.tokens_per_forward, "seconds": round(out.seconds, 4),
-                      "decoder": "ar" if is_ar else "diffusion", "threshold": None if is_ar else cfg.threshold}
+                      "model_calls": out.model_calls, "tokens_per_forward": out.tokens_per_forward,
+                      "seconds": round(out.seconds, 4), "decoder": "ar" if is_ar else "diffusion",
+                      "threshold": None if is_ar else cfg.threshold}
             print(json.dumps(record) if args.json else completion, flush=True)
     except (ConfigError, DataError, ValueError) as exc:
         if dist.get_rank() == 0:

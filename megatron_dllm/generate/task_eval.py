@@ -1,5 +1,6 @@
 """Accuracy on the synthetic addition task (``data/addition.py``) of a loaded model, decoded either
-with block-wise diffusion decoding (a dLLM) or greedily left to right (an AR model)."""
+with block-wise diffusion decoding (a dLLM) or greedily left to right (an AR model, or a dLLM
+trained with a causal clean stream)."""
 
 from __future__ import annotations
 
@@ -16,34 +17,45 @@ from megatron_dllm.generate.kv_cache import DecodeCache, attach
 class TaskResult:
     correct: int
     total: int
-    tokens_per_forward: float            # generated tokens / decoding forwards, over all problems
+    answer_tokens: int                   # generated tokens, each problem's EOS included
+    decoding_forwards: int               # forwards that decoded tokens
+    model_calls: int                     # every forward: decoding + cache-only (prefill / commit)
+    decode_seconds: float                # sum over problems of the decode call (no model loading)
     examples: List[dict] = field(default_factory=list)
 
     @property
     def accuracy(self) -> float:
         return self.correct / max(self.total, 1)
 
+    @property
+    def tokens_per_forward(self) -> float:
+        """Answer tokens (EOS included) per decoding forward, over all problems."""
+        return self.answer_tokens / max(self.decoding_forwards, 1)
+
     def as_dict(self) -> dict:
         return {"accuracy": round(self.accuracy, 4), "correct": self.correct, "total": self.total,
-                "tokens_per_forward": round(self.tokens_per_forward, 3), "examples": self.examples}
+                "tokens_per_forward": round(self.tokens_per_forward, 3),
+                "model_calls_per_problem": round(self.model_calls / max(self.total, 1), 3),
+                "decode_seconds": round(self.decode_seconds, 3), "examples": self.examples}
 
 
 def addition_accuracy(model, forward: Callable, tokenizer, task: AdditionTask,
                       problems: Optional[List[Tuple[int, int]]] = None, *, decoder: str = "diffusion",
                       decode_cfg: Optional[DecodeConfig] = None, max_new_tokens: int = 8,
-                      device="cpu", num_examples: int = 5) -> TaskResult:
+                      device="cpu", num_examples: int = 5, use_cache: bool = True) -> TaskResult:
     """Score ``problems`` (default: the task's held-out test set). ``decoder`` is ``"diffusion"``
-    (``decode_cfg`` required) or ``"ar"`` (greedy next-token decoding, ``max_new_tokens``)."""
+    (``decode_cfg`` required; its ``use_cache`` applies) or ``"ar"`` (greedy next-token decoding,
+    ``max_new_tokens``, KV cache unless ``use_cache`` is False)."""
     if decoder not in ("diffusion", "ar"):
         raise ValueError(f"decoder must be 'diffusion' or 'ar', got {decoder!r}")
     if decoder == "diffusion" and decode_cfg is None:
         raise ValueError("diffusion decoding needs a DecodeConfig")
     problems = task.test_problems() if problems is None else problems
-    correct = tokens = forwards = 0
-    examples = []
+    result = TaskResult(0, len(problems), 0, 0, 0, 0.0)
     for a, b in problems:
         prompt = tokenizer.encode(task.prompt(a, b))
-        cache = DecodeCache()
+        cached = decode_cfg.use_cache if decoder == "diffusion" else use_cache
+        cache = DecodeCache() if cached else None
         attach(model, cache)
         try:
             if decoder == "diffusion":
@@ -55,9 +67,21 @@ def addition_accuracy(model, forward: Callable, tokenizer, task: AdditionTask,
             attach(model, None)
         text = tokenizer.decode(out.tokens)
         ok = task.is_correct(a, b, text)
-        correct += ok
-        tokens += sum(out.per_step_accepted)
-        forwards += out.num_forward_passes
-        if len(examples) < num_examples:
-            examples.append({"prompt": task.prompt(a, b), "completion": text, "correct": ok})
-    return TaskResult(correct, len(problems), tokens / max(forwards, 1), examples)
+        result.correct += ok
+        result.answer_tokens += len(out.tokens) + int(out.stopped_at_eos)
+        result.decoding_forwards += out.num_forward_passes
+        result.model_calls += out.model_calls
+        result.decode_seconds += out.seconds
+        if len(result.examples) < num_examples:
+            result.examples.append({"prompt": task.prompt(a, b), "completion": text, "correct": ok})
+    return result
+
+
+def check_task_prompts(tokenizer, task: AdditionTask, problems, gen_length: int, vocab_size: int,
+                       positions: int) -> None:
+    """ValueError when a problem's prompt cannot be decoded by the model (``variants.check_prompt``)."""
+    from megatron_dllm.generate.variants import check_prompt
+
+    for a, b in problems:
+        check_prompt(tokenizer.encode(task.prompt(a, b)), gen_length, vocab_size, positions,
+                     label=task.prompt(a, b))

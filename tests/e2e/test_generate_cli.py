@@ -43,6 +43,12 @@ def test_tensor_parallel_and_no_cache_match(checkpoint):
     assert [r["tokens"] for r in _generate(checkpoint, ["--no-cache"])] == [r["tokens"] for r in base]
     tp2 = _generate(checkpoint, ["--tensor-model-parallel-size", "2"], nproc=2)
     assert [r["tokens"] for r in tp2] == [r["tokens"] for r in base]
+    # finished blocks written in their own forward: same tokens, one more model call per block
+    separate = _generate(checkpoint, ["--separate-commits"])
+    assert [r["tokens"] for r in separate] == [r["tokens"] for r in base]
+    assert [r["num_forward_passes"] for r in separate] == [r["num_forward_passes"] for r in base]
+    assert all(r["model_calls"] == r["num_forward_passes"] for r in base)
+    assert all(s["model_calls"] > b["model_calls"] for s, b in zip(separate, base))
 
 
 def test_bad_input(checkpoint, tmp_path):
@@ -52,6 +58,21 @@ def test_bad_input(checkpoint, tmp_path):
     proc = subprocess.run([sys.executable, TOOL, "--load", str(tmp_path), "--prompt-ids", "1 2"], cwd=ROOT,
                           env=env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no checkpoint found" in proc.stderr
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--prompt-ids", "1 2 3", "--gen-length", "62"],
+     "error: prompt '1 2 3': 3 prompt tokens + --gen-length 62 = 65 exceeds the model's 64 positions "
+     "(max_position_embeddings); shorten the prompt or lower --gen-length"),
+    (["--prompt-ids", "1 300"], "error: prompt '1 300': token id 300 is outside the model's vocabulary [0, 256)"),
+    (["--prompt-ids", "1 2", "--steps", "0"], "error: --steps must be in [1, block length 32], got 0"),
+])
+def test_inputs_the_model_cannot_take_are_refused(checkpoint, extra, message):
+    proc = subprocess.run([sys.executable, TOOL, "--load", str(checkpoint), "--device", "cpu", *extra], cwd=ROOT,
+                          env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
 def _evaluate(ckpt, *extra):

@@ -224,7 +224,14 @@ class TrainingConfig:
     device: str = _f("auto", "cpu, cuda, or auto (cuda when present).", choices=["auto", "cpu", "cuda"])
     eval_interval: Optional[int] = _f(None, "Validate every N steps (None: never).")
     eval_iters: int = _f(2, "Validation batches per evaluation.")
-    exit_interval: Optional[int] = _f(None, "Save and exit after this many steps (testing, schedulers).")
+    exit_interval: Optional[int] = _f(
+        None, "Save and exit at the first iteration divisible by N (Megatron-LM's rule: a run resumed "
+        "at iteration 20 with N = 15 exits at 30).")
+    skip_nonfinite_iters: int = _f(
+        0, "A NaN / Inf loss or gradient norm stops the run with a one-line error naming the iteration "
+        "and exit code 3, saving nothing of it (earlier checkpoints are kept). With N > 0 the first N "
+        "such iterations of this process are skipped instead: the optimizer update is not applied "
+        "(parameters, optimizer state and LR schedule stay as they were) and the batch is dropped.")
 
 
 @dataclass

@@ -10,7 +10,9 @@ Takes the pretraining flags (data, batch, --dllm-*) plus:
     python tools/evaluate.py --load runs/demo/dllm --config examples/configs/quickstart_moe_cpu.yaml \
         --data-path 0.5 runs/demo/data/text_text_document 0.5 runs/demo/data/addition_text_document \
         --tokenizer-model runs/demo/data/tokenizer.model
-Prints one JSON object: nelbo (nats/token), bits_per_token, standard_error, batches, block_size, layout.
+Prints one JSON object: nelbo (nats/token), bits_per_token, standard_error, batches, block_size, layout
+(always valid JSON: a non-finite number is written as null, with an error and exit 2). A checkpoint with
+NaN / Inf weights is refused: one-line error, exit 2, no JSON.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def main(argv=None) -> int:
 
     try:
         from megatron_dllm.train.checkpointing import latest_iteration
-        from megatron_dllm.train.evaluation import evaluate_elbo
+        from megatron_dllm.train.evaluation import evaluate_elbo, json_safe
+        from megatron_dllm.train.nonfinite import weights_finite
         from megatron_dllm.train.preflight import check_run
         from megatron_dllm.train.setup import setup_run
 
@@ -79,17 +82,24 @@ def main(argv=None) -> int:
         if L % block:
             raise ConfigError(f"--eval-block-size {block} does not divide --seq-length {L}")
         layout = "ar" if run.diffusion.objective == "ar" else ("bd" if block < L else "mdlm")
+        if not weights_finite(setup.model):
+            raise ConfigError(f"--load {run.checkpoint.load}: the checkpoint's weights hold NaN / Inf values: "
+                              "evaluate a checkpoint from before the run diverged")
         result = evaluate_elbo(setup, layout, block, dataset, run.training.eval_iters)
     except (ConfigError, DataError) as exc:
         if dist.get_rank() == 0:
             print(f"error: {exc}", file=sys.stderr)
         teardown()
         return 2
+    safe, bad = json_safe(result)
     if dist.get_rank() == 0:
-        result["split"] = args.eval_split
-        print(json.dumps(result))
+        safe["split"] = args.eval_split
+        print(json.dumps(safe, allow_nan=False))
+        if bad:
+            print(f"error: {', '.join(bad)} not finite although the weights are (written as null): "
+                  "check the data and --eval-block-size", file=sys.stderr)
     teardown()
-    return 0
+    return 2 if bad else 0
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ def _produce(source, item: HFTensor, cfg, dtype) -> torch.Tensor:
         data = torch.zeros(item.shape, dtype=torch.float32)
     else:
         data = source.tensor(item.source).read_box(item.offsets, item.sizes).reshape(item.shape)
+        if data.is_floating_point() and not bool(torch.isfinite(data).all()):  # nothing is kept on error
+            raise ConversionError(f"{item.source} holds NaN / Inf values: the checkpoint's weights are not "
+                                  "finite; export a checkpoint from before the run diverged")
         if item.transform == "qkv":
             data = mcore_qkv_to_hf(data, cfg.num_attention_heads, cfg.query_groups, cfg.head_dim)
     return data if dtype is None or _keeps_dtype(item.name) else data.to(dtype)
@@ -66,6 +69,9 @@ def export_hf(load: str, save: str, *, max_shard_bytes: int = 5 << 30, dtype: st
         raise ConversionError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     check_output(save, inputs=[load])
     directory, meta, cfg = read_dllm_checkpoint(load)
+    if meta.get("finite") is False:
+        raise ConversionError(f"{directory} is recorded as holding NaN / Inf weights: export a checkpoint "
+                              "from before the run diverged")
     source = open_source(directory)
     emb = source.tensor("embedding.word_embeddings.weight")
     rows = emb.shape[0]

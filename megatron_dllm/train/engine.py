@@ -1,7 +1,8 @@
 """Megatron-Core training machinery, wired once: DDP, the (distributed) optimizer, pipeline schedules.
 
-``train_step`` runs one optimizer step over ``num_microbatches`` micro-batches with
-``get_forward_backward_func`` (1F1B / interleaved when PP > 1). The loss contract is Megatron's
+``forward_backward`` runs the micro-batches of one step with ``get_forward_backward_func`` (1F1B /
+interleaved when PP > 1); ``optimizer_step`` applies the update only when the global gradient norm is
+finite; ``train_step`` is the two together. The loss contract is Megatron's
 per-token one: a forward step's loss function returns ``(loss_sum, num_tokens, report)`` and the
 framework normalises gradients by the token count summed over micro-batches and data-parallel ranks
 (``calculate_per_token_loss``), so the loss is the mean over every loss token of the global batch.
@@ -9,6 +10,7 @@ framework normalises gradients by the token count summed over micro-batches and 
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -19,6 +21,7 @@ from megatron.core.distributed import (
     finalize_model_grads,
 )
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_dllm.platform.distributed import comm_device
@@ -31,6 +34,10 @@ def wrap_ddp(chunks: List[torch.nn.Module], *, use_distributed_optimizer: bool =
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=overlap_grad_reduce,
         use_distributed_optimizer=use_distributed_optimizer,
+        # Non-finite gradients are caught by ``optimizer_step`` from the global norm, which every rank
+        # agrees on. Megatron's per-bucket check would raise on one rank only (the others wait in
+        # the reduction), costs a host sync per bucket, cannot skip an iteration, and its error path
+        # calls torch.cuda.current_device() (fails on CPU).
         check_for_nan_in_grad=False,
         bucket_size=None,
     )
@@ -62,6 +69,68 @@ def build_optimizer(model: List[DistributedDataParallel], opt_config: OptimizerC
     return optimizer
 
 
+def forward_backward(
+    forward_step_func: Callable,
+    batches: List,
+    model: List[DistributedDataParallel],
+    optimizer=None,
+    *,
+    num_microbatches: int,
+    seq_length: int,
+    micro_batch_size: int,
+    forward_only: bool = False,
+) -> List[Dict]:
+    """Forward (and backward unless ``forward_only``) over one step's micro-batches.
+
+    ``batches`` are the step's micro-batches; with virtual pipeline stages (several model chunks)
+    every chunk reads them through its own iterator, as the interleaved schedule expects.
+    ``seq_length`` is the model-input length of this step (2L in block-diffusion phases), used by the
+    pipeline schedule to size the activations it sends between stages. Returns the per-micro-batch
+    reports of the last pipeline stage (empty elsewhere). Gradients are zeroed first (the DDP buffers,
+    and the ``optimizer``'s grads, which its previous step aliased to them) and reduced over
+    data-parallel ranks at the end (Megatron's ``finalize_model_grads``).
+    """
+    if not forward_only:
+        for chunk in model:
+            chunk.zero_grad_buffer()
+        if optimizer is not None:
+            optimizer.zero_grad()
+    forward_backward_func = get_forward_backward_func()
+    return forward_backward_func(
+        forward_step_func=forward_step_func,
+        data_iterator=[iter(batches) for _ in model] if len(model) > 1 else iter(batches),
+        model=model if len(model) > 1 else model[0],
+        num_microbatches=num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )
+
+
+@torch.no_grad()
+def optimizer_step(optimizer) -> Tuple[float, bool]:
+    """Clip and apply the update when the global gradient norm is finite; (grad norm, applied).
+
+    The steps of Megatron-Core's ``MegatronOptimizer.step`` / ``ChainedOptimizer.step`` (copy grads to
+    the main params, global norm, clip by that norm, inner step), with the norm checked before the
+    update: a NaN / Inf norm leaves parameters and optimizer state untouched. The norm is computed
+    every step (also with ``--clip-grad 0``); it is the one host sync of the update, as before.
+    """
+    if optimizer.prepare_grads():  # found_inf of a loss scaler (fp16 only): Megatron skips the step
+        return float("nan"), False
+    grad_norm = float(optimizer.get_grad_norm())
+    if not math.isfinite(grad_norm):
+        return grad_norm, False
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if getattr(sub, "is_stub_optimizer", False) or sub.config.clip_grad <= 0.0:
+            continue
+        params = sub.get_parameters()
+        if params:
+            clip_grad_by_total_norm_fp32(params, max_norm=sub.config.clip_grad, total_norm=grad_norm,
+                                         use_decoupled_grad=sub.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+    return grad_norm, bool(optimizer.step_with_ready_grads())
+
+
 def train_step(
     forward_step_func: Callable,
     batches: List,
@@ -73,33 +142,18 @@ def train_step(
     micro_batch_size: int,
     forward_only: bool = False,
 ) -> Tuple[List[Dict], Optional[float], bool]:
-    """One step: forward/backward over all micro-batches, then the optimizer update.
+    """One step: ``forward_backward`` then ``optimizer_step`` (see both).
 
-    ``batches`` are the step's micro-batches; with virtual pipeline stages (several model chunks)
-    every chunk reads them through its own iterator, as the interleaved schedule expects.
-    ``seq_length`` is the model-input length of this step (2L in block-diffusion phases), used by the
-    pipeline schedule to size the activations it sends between stages. Returns the per-micro-batch
-    reports of the last pipeline stage (empty elsewhere), the gradient norm (None when
-    ``forward_only``) and whether the update was applied.
+    Returns the reports, the gradient norm (None when ``forward_only``) and whether the update was
+    applied (False when the gradient norm is not finite).
     """
-    if not forward_only:
-        for chunk in model:
-            chunk.zero_grad_buffer()
-        optimizer.zero_grad()
-    forward_backward = get_forward_backward_func()
-    reports = forward_backward(
-        forward_step_func=forward_step_func,
-        data_iterator=[iter(batches) for _ in model] if len(model) > 1 else iter(batches),
-        model=model if len(model) > 1 else model[0],
-        num_microbatches=num_microbatches,
-        seq_length=seq_length,
-        micro_batch_size=micro_batch_size,
-        forward_only=forward_only,
-    )
+    reports = forward_backward(forward_step_func, batches, model, optimizer, num_microbatches=num_microbatches,
+                               seq_length=seq_length, micro_batch_size=micro_batch_size,
+                               forward_only=forward_only)
     if forward_only:
         return reports, None, False
-    update_successful, grad_norm, _ = optimizer.step()
-    return reports, grad_norm, bool(update_successful)
+    grad_norm, updated = optimizer_step(optimizer)
+    return reports, grad_norm, updated
 
 
 def reduce_reports(reports: List[Dict], keys=("loss_sum", "num_tokens")) -> Dict[str, float]:

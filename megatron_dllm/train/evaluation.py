@@ -5,14 +5,21 @@ t, every batch is evaluated at the K midpoints t_k = lo + (hi - lo)(k + 1/2)/K (
 t, the low-variance estimator), with masks drawn from a generator seeded by (seed, sample index) so
 every evaluation sees the same noise. The per-batch estimates give the standard error. For the AR
 objective the number is the next-token NLL.
+
+Evaluation leaves every piece of training state as it was (``kept_training_state``), so a run with
+validation trains exactly as one without, and a resume across an evaluation is bit-exact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
-from megatron_dllm.train.engine import reduce_reports, train_step
+import torch
+from megatron.core import tensor_parallel
+
+from megatron_dllm.train.engine import forward_backward, reduce_reports
 from megatron_dllm.train.forward_step import make_forward_step
 
 
@@ -23,8 +30,55 @@ def t_points(run) -> List[Optional[float]]:
     return [lo + (hi - lo) * (k + 0.5) / d.eval_t_points for k in range(d.eval_t_points)]
 
 
+def json_safe(result: dict) -> Tuple[dict, List[str]]:
+    """``result`` with NaN / Inf numbers replaced by None (valid JSON), and the names replaced."""
+    bad = [k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)]
+    return {k: (None if k in bad else v) for k, v in result.items()}, bad
+
+
+@contextlib.contextmanager
+def kept_training_state(model, hook=None):
+    """Run the body in evaluation mode and give training back exactly the state it had.
+
+    * ``torch.no_grad()``: Megatron-Core's routers add the routed tokens to ``local_tokens_per_expert``
+      (the counts of the next expert-bias update) and record aux / z losses only while gradients are
+      enabled; with them enabled, validation tokens moved the expert bias of the next training step.
+    * ``eval()`` on every module (no dropout), then each module's own training flag back.
+    * the CPU / CUDA / model-parallel RNG states and the embedding-noise hook's fields, restored.
+    Data is read through fresh samplers, so no training iterator moves.
+    """
+    modules = [m for chunk in model for m in chunk.modules()]
+    flags = [m.training for m in modules]
+    tracker = tensor_parallel.get_cuda_rng_tracker()
+    rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+           tracker.get_states())
+    hook_fields = dict(vars(hook)) if hook is not None else None
+    try:
+        for chunk in model:
+            chunk.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for module, flag in zip(modules, flags):
+            module.training = flag
+        torch.set_rng_state(rng[0])
+        if rng[1] is not None:
+            torch.cuda.set_rng_state_all(rng[1])
+        tracker.set_states(rng[2])
+        if hook is not None:
+            vars(hook).update(hook_fields)
+
+
 def evaluate_elbo(setup, layout: str, block: int, dataset, num_batches: int) -> dict:
-    """NELBO (nats / token), bits per token and standard error over ``num_batches`` global batches."""
+    """NELBO (nats / token), bits per token and standard error over ``num_batches`` global batches.
+
+    Leaves the model, its buffers, the RNG states and the hooks as they were (``kept_training_state``).
+    """
+    with kept_training_state(setup.model, setup.embedding_noise):
+        return _evaluate_elbo(setup, layout, block, dataset, num_batches)
+
+
+def _evaluate_elbo(setup, layout: str, block: int, dataset, num_batches: int) -> dict:
     from megatron_dllm.train.loop import micro_batch_size_for, micro_batches, step_context
 
     run = setup.run
@@ -39,7 +93,7 @@ def evaluate_elbo(setup, layout: str, block: int, dataset, num_batches: int) -> 
             ctx = step_context(setup, layout, block, 0, eval_t=t)
             if layout != "ar":
                 ctx.loss_weight, ctx.loss_norm = "inv_t", "all_tokens"
-            reports, _, _ = train_step(make_forward_step(ctx), batches, setup.model, setup.optimizer,
+            reports = forward_backward(make_forward_step(ctx), batches, setup.model,
                                        num_microbatches=len(batches), seq_length=2 * L if layout == "bd" else L,
                                        micro_batch_size=mbs, forward_only=True)
             totals = reduce_reports(reports)

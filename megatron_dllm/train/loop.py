@@ -1,15 +1,23 @@
 """The pretraining loop: one function per stage, no math of its own (STYLE.md 8).
 
-    setup -> [ block size from the curriculum -> micro-batches -> train_step -> log / eval / save ]*
+    setup -> [ block size from the curriculum -> micro-batches -> forward/backward -> checked update
+               -> log / eval / save ]*
+
+The curriculum position is the count of consumed tokens, which checkpoints store (a resume with
+another --seq-length continues where the run was). A NaN / Inf loss or gradient norm skips the update
+and stops the run (``train/nonfinite.py``); evaluation leaves all training state alone
+(``train/evaluation.py``).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
+import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.optimizer import OptimizerConfig
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -20,19 +28,21 @@ from megatron_dllm.diffusion.noising import NoiseConfig
 from megatron_dllm.model.core_attention import resolve_backend
 from megatron_dllm.model.embedding_noise import EmbeddingNoise
 from megatron_dllm.train import checkpointing
-from megatron_dllm.train.engine import reduce_reports, train_step
+from megatron_dllm.train.engine import forward_backward, optimizer_step, reduce_reports
 from megatron_dllm.train.forward_step import StepContext, make_forward_step
 from megatron_dllm.train.logging import MetricsLogger
+from megatron_dllm.train.nonfinite import (EXIT_NONFINITE, NonFiniteError, step_problem, stop_message,
+                                           weights_finite)
 from megatron_dllm.train.signals import ExitSignalHandler
 
 
 @dataclass
 class TrainState:
+    """Where the run is: iterations done, samples read (data position), tokens trained (curriculum)."""
+
     iteration: int = 0
     consumed_samples: int = 0
-
-    def consumed_tokens(self, seq_length: int) -> int:
-        return self.consumed_samples * seq_length
+    consumed_tokens: int = 0
 
 
 @dataclass
@@ -132,23 +142,31 @@ def micro_batch_size_for(run, layout: str) -> int:
 
 
 def run_step(setup: Setup, layout: str, block: int) -> dict:
-    """One optimizer step; returns the reduced metrics."""
+    """One optimizer step; returns the reduced metrics and ``problem`` (None, or what is not finite).
+
+    The update is applied only when the loss and the gradient norm are finite.
+    """
     run, state = setup.run, setup.state
     mbs = micro_batch_size_for(run, layout)
     batches = micro_batches(setup, setup.datasets[0], state.consumed_samples, mbs)
     ctx = step_context(setup, layout, block, state.iteration)
     L = run.model.seq_length
-    reports, grad_norm, updated = train_step(
+    reports = forward_backward(
         make_forward_step(ctx), batches, setup.model, setup.optimizer,
         num_microbatches=len(batches), seq_length=2 * L if layout == "bd" else L, micro_batch_size=mbs,
     )
     keys = ["loss_sum", "num_tokens", "num_noised", "correct"]
     if layout != "ar":
         keys += [f"bucket{k}_{kind}" for k in range(run.diffusion.t_buckets) for kind in ("loss_sum", "count")]
+    # The step's one host sync (for logging), taken before the update so a NaN loss updates nothing.
     totals = reduce_reports(reports, keys=tuple(keys))
-    if updated:
+    grad_norm, updated = None, False
+    if step_problem(totals["loss_sum"], None) is None:
+        grad_norm, updated = optimizer_step(setup.optimizer)
+    if updated:  # a skipped update does not advance the LR schedule (as in Megatron-LM)
         setup.scheduler.step(increment=1)
-    return {"totals": totals, "grad_norm": grad_norm, "updated": updated}
+    return {"totals": totals, "grad_norm": grad_norm, "updated": updated,
+            "problem": step_problem(totals["loss_sum"], grad_norm)}
 
 
 def evaluate(setup: Setup, layout: str, block: int) -> dict:
@@ -160,14 +178,26 @@ def evaluate(setup: Setup, layout: str, block: int) -> dict:
     return evaluate_elbo(setup, layout, block, setup.datasets[1], setup.run.training.eval_iters)
 
 
+def _last_checkpoint(root: Optional[str]) -> Optional[str]:
+    try:
+        iteration = checkpointing.latest_iteration(root) if root else None
+    except Exception:  # noqa: BLE001 - only used to word an error message
+        return None
+    return None if iteration is None else checkpointing.checkpoint_path(root, iteration)
+
+
 def save(setup: Setup) -> None:
+    """Save a checkpoint of the current iteration; NonFiniteError (nothing written) when a weight is NaN / Inf."""
     run, state = setup.run, setup.state
+    if not weights_finite(setup.model):
+        raise NonFiniteError(stop_message(state.iteration, "a weight is not finite", 0,
+                                          _last_checkpoint(run.checkpoint.save)))
     checkpointing.save_checkpoint(
         run.checkpoint.save, state.iteration, setup.model, setup.optimizer, setup.scheduler,
         consumed_samples=state.consumed_samples,
-        consumed_tokens=state.consumed_tokens(run.model.seq_length),
+        consumed_tokens=state.consumed_tokens,
         run_config=run.to_dict(), keep_last=run.checkpoint.keep_last,
-        extra={"mask_token_id": setup.mask_token_id, "eod_id": setup.eod_id,
+        extra={"finite": True, "mask_token_id": setup.mask_token_id, "eod_id": setup.eod_id,
                "objective": run.diffusion.objective,
                "label_shift": run.diffusion.label_shift},
     )
@@ -182,7 +212,7 @@ def _log(setup: Setup, step: dict, layout: str, block: int, phase: str, elapsed:
     acc = totals["correct"] / max(totals["num_noised"], 1.0)
     lr = setup.optimizer.param_groups[0]["lr"]
     metrics = {
-        "iteration": state.iteration, "consumed_tokens": state.consumed_tokens(L), "phase": phase,
+        "iteration": state.iteration, "consumed_tokens": state.consumed_tokens, "phase": phase,
         "block_size": block, "layout": layout, "lr": lr, "loss": loss, "masked_acc": acc,
         "grad_norm": step["grad_norm"], "tokens_per_s": G * L / elapsed, "ms_per_iter": 1000 * elapsed,
     }
@@ -197,16 +227,41 @@ def _log(setup: Setup, step: dict, layout: str, block: int, phase: str, elapsed:
     setup.logger.log_train(state.iteration, metrics, scalars)
 
 
+def _saved_by_interval(ck, iteration: int) -> bool:
+    return bool(ck.save and ck.save_interval and iteration % ck.save_interval == 0)
+
+
+def _skip_or_stop(setup: Setup, problem: str, skipped: int) -> None:
+    """Log a skipped bad iteration, or raise NonFiniteError once more than N were skipped."""
+    run, iteration = setup.run, setup.state.iteration
+    allowed = run.training.skip_nonfinite_iters
+    if skipped > allowed:
+        raise NonFiniteError(stop_message(iteration, problem, allowed, _last_checkpoint(run.checkpoint.save)))
+    setup.logger.info(f"iteration {iteration}: {problem}: update skipped "
+                      f"({skipped} of {allowed} allowed by --skip-nonfinite-iters)")
+
+
 def train(setup: Setup) -> int:
-    """Run until the last iteration, an exit interval, or SIGTERM (with --exit-signal-handler)."""
+    """Run until the last iteration, an exit interval, SIGTERM (with --exit-signal-handler) or a bad
+    (NaN / Inf) iteration; returns the exit code: 0, or EXIT_NONFINITE (3) after a one-line error."""
+    try:
+        return _train(setup)
+    except NonFiniteError as exc:
+        if dist.get_rank() == 0:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_NONFINITE
+
+
+def _train(setup: Setup) -> int:
     run, state = setup.run, setup.state
     ck, t = run.checkpoint, run.training
     handler = ExitSignalHandler() if ck.exit_signal_handler else None
     L = run.model.seq_length
     last_block = None
     started = state.iteration
+    skipped = 0
     while state.iteration < setup.total_iters:
-        layout, block, phase = layout_at(run, setup.schedule, state.consumed_tokens(L))
+        layout, block, phase = layout_at(run, setup.schedule, state.consumed_tokens)
         if block != last_block:
             setup.logger.info(f"iteration {state.iteration}: phase {phase}, block size {block}, layout {layout}")
             last_block = block
@@ -215,23 +270,27 @@ def train(setup: Setup) -> int:
         elapsed = time.perf_counter() - t0
         state.iteration += 1
         state.consumed_samples += t.global_batch_size
-        if state.iteration % run.logging.log_interval == 0 or state.iteration == 1:
+        state.consumed_tokens += t.global_batch_size * L
+        if state.iteration % run.logging.log_interval == 0 or state.iteration == 1 or step["problem"]:
             _log(setup, step, layout, block, phase, elapsed)
+        if step["problem"]:
+            skipped += 1
+            _skip_or_stop(setup, step["problem"], skipped)
         if t.eval_interval and state.iteration % t.eval_interval == 0:
             setup.logger.log_valid(state.iteration, evaluate(setup, layout, block))
-        if ck.save and ck.save_interval and state.iteration % ck.save_interval == 0:
+        if _saved_by_interval(ck, state.iteration):
             save(setup)
         if handler is not None and handler.should_exit():
             setup.logger.info(f"SIGTERM received: saving at iteration {state.iteration} and exiting")
-            if not (ck.save_interval and state.iteration % ck.save_interval == 0):
+            if not _saved_by_interval(ck, state.iteration):
                 save(setup)
             return 0
-        if t.exit_interval and state.iteration - started >= t.exit_interval:
-            if ck.save and not (ck.save_interval and state.iteration % ck.save_interval == 0):
+        # Megatron-LM's rule: exit at iterations divisible by the interval (not after N steps of this run).
+        if t.exit_interval and state.iteration % t.exit_interval == 0:
+            if ck.save and not _saved_by_interval(ck, state.iteration):
                 save(setup)
             setup.logger.info(f"exit interval reached at iteration {state.iteration}")
             return 0
-    if ck.save and state.iteration > started and not (
-            ck.save_interval and state.iteration % ck.save_interval == 0):
+    if ck.save and state.iteration > started and not _saved_by_interval(ck, state.iteration):
         save(setup)
     return 0

@@ -81,6 +81,10 @@ def check_run(run, world_size: int) -> None:
         raise ConfigError("--lr-warmup-iters must be smaller than the decay iterations")
     if t.bf16 and t.device == "cpu":
         raise ConfigError("--bf16 is for GPU runs; CPU runs train in fp32")
+    if t.skip_nonfinite_iters < 0:
+        raise ConfigError("--skip-nonfinite-iters must be >= 0 (0: stop at the first NaN / Inf)")
+    if t.exit_interval is not None and t.exit_interval < 1:
+        raise ConfigError("--exit-interval must be >= 1 (leave it out to run to the end)")
 
 
 def check_checkpoint_config(run) -> None:

@@ -96,7 +96,9 @@ def setup_run(run, device: str) -> Setup:
             ck.load, model, optimizer, scheduler, model_config=run.model,
             load_optimizer=not fresh, load_rng=not ck.no_load_rng)
         if not ck.finetune and meta.get("has_optimizer"):
-            state = TrainState(iteration=meta["iteration"], consumed_samples=meta["consumed_samples"])
+            # Tokens are read back, not recomputed from --seq-length: the curriculum position is in tokens.
+            state = TrainState(iteration=meta["iteration"], consumed_samples=meta["consumed_samples"],
+                               consumed_tokens=meta.get("consumed_tokens", meta["consumed_samples"] * L))
         logger.info(f"loaded {checkpointing.checkpoint_path(ck.load, meta['iteration'])} "
                     f"(optimizer {'restored' if meta['loaded_optimizer'] else 'fresh'}); "
                     f"starting at iteration {state.iteration}")

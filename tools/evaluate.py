@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     import torch.distributed as dist
 
     try:
-        from megatron_dllm.train.checkpointing import latest_iteration
+        from megatron_dllm.checkpoint.state import latest_iteration
         from megatron_dllm.train.evaluation import evaluate_elbo, json_safe
         from megatron_dllm.train.nonfinite import weights_finite
         from megatron_dllm.train.preflight import check_run

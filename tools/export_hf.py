@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     from megatron_dllm.convert.errors import ConversionError
-    from megatron_dllm.convert.output import early_path_error
+    from megatron_dllm.checkpoint.output import early_path_error
 
     message = early_path_error(args.save, args.load)  # path errors first, before torch is imported
     if message:

@@ -91,6 +91,7 @@ def main(argv=None) -> int:
         from megatron_dllm.generate.ar_decoding import greedy_ar
         from megatron_dllm.generate.decoding import decode
         from megatron_dllm.generate.kv_cache import DecodeCache, attach
+        from megatron_dllm.checkpoint.layout import recorded_mask_token_id
         from megatron_dllm.generate.loading import full_vocab_forward, load_for_inference
         from megatron_dllm.generate.variants import check_prompt, decode_configs, max_positions, resolve_decoder
 
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
             tok = load_tokenizer(args.tokenizer_model)
         parallel = ParallelConfig(tensor_model_parallel_size=args.tensor_model_parallel_size)
         model, model_cfg, meta = load_for_inference(args.load, parallel, device, args.dllm_attention_backend)
-        mask_id = args.mask_token_id if args.mask_token_id is not None else meta.get("mask_token_id")
+        mask_id = args.mask_token_id if args.mask_token_id is not None else recorded_mask_token_id(meta)
         if mask_id is None and tok is not None:
             mask_id = tok.mask_token_id
         if mask_id is None:

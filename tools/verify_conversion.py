@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     from megatron_dllm.convert.errors import ConversionError
-    from megatron_dllm.convert.locate import locate
+    from megatron_dllm.checkpoint.layout import locate
 
     try:
         locate(args.ar)

@@ -2,10 +2,7 @@
 
 One job per module (the tools in ``tools/`` are thin CLIs over them):
 
-    locate.py             find a checkpoint under a path and tell its format (no torch import)
     readers.py            open a source (torch_dist or legacy ``mp_rank_*``), read any box of a global tensor
-    safe_pickle.py        allow-list, lazy reader of torch.save files and DCP metadata (never runs code)
-    dcp_io.py             torch_dist (DCP) box reader and streaming writer
     keymap.py             legacy / torch_dist key spellings -> our sharded keys, TP split rules
     source_config.py      ModelConfig from dllm_meta.json or Megatron-LM's saved args
     mask_token.py         mask-token policy and new embedding / output rows
@@ -18,5 +15,8 @@ One job per module (the tools in ``tools/`` are thin CLIs over them):
     hf_export.py          the HF export; hf_check.py: its logits vs Megatron's
     llada2_hf/            our transformers LLaDA2MoeModelLM (shipped with exports, trust_remote_code)
     merge.py              top-k checkpoint averaging over dcp_io (tools/merge_checkpoints.py)
-    output.py, progress.py, errors.py, bench_synthetic.py (peak memory vs ``cp -r``)
+    progress.py, errors.py, bench_synthetic.py (peak memory vs ``cp -r``)
+
+Finding checkpoints, reading their pickles safely, the DCP reader / writer and the tools' output
+folders belong to the checkpoint layer (``megatron_dllm/checkpoint/``).
 """

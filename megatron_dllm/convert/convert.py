@@ -24,7 +24,7 @@ from megatron_dllm.config import ConfigError, ModelConfig, ParallelConfig, valid
 from megatron_dllm.convert.errors import ConversionError
 from megatron_dllm.convert.keymap import DROPPED, per_layer_request
 from megatron_dllm.convert.mask_token import MaskTokenPlan, parse_init, plan_mask_token
-from megatron_dllm.convert.output import atomic_directory, check_output
+from megatron_dllm.checkpoint.output import atomic_directory, check_output
 from megatron_dllm.convert.readers import Source, open_source
 
 

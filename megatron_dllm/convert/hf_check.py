@@ -12,7 +12,8 @@ from typing import Optional
 import torch
 
 from megatron_dllm.config import ParallelConfig
-from megatron_dllm.convert.dcp_io import DcpReader
+from megatron_dllm.checkpoint.dcp_io import DcpReader
+from megatron_dllm.checkpoint.layout import recorded_mask_token_id
 from megatron_dllm.convert.readers import read_dllm_checkpoint
 
 
@@ -43,7 +44,7 @@ def compare_hf(dllm_path: str, hf_dir: str, *, batch: int = 2, seq_length: Optio
     seq = seq_length or min(cfg.seq_length, 32)
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, cfg.vocab_size, (batch, seq), generator=gen)
-    mask_id = meta.get("mask_token_id")
+    mask_id = recorded_mask_token_id(meta)
     if mask_id is not None:
         tokens = torch.where(torch.rand(batch, seq, generator=gen) < 0.3, torch.full_like(tokens, mask_id), tokens)
     positions = torch.arange(seq)[None].expand(batch, seq)

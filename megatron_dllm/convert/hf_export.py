@@ -20,11 +20,12 @@ from typing import Optional
 
 import torch
 
+from megatron_dllm.checkpoint.layout import recorded_label_mode, recorded_mask_token_id, recorded_objective
 from megatron_dllm.convert.errors import ConversionError
 from megatron_dllm.convert.hf_keymap import HFTensor, hf_config, hf_tensors, mcore_qkv_to_hf
 from megatron_dllm.convert.llada2_hf import DIRECTORY as MODELING_DIR
 from megatron_dllm.convert.llada2_hf import FILES as MODELING_FILES
-from megatron_dllm.convert.output import atomic_directory, check_output, write_text
+from megatron_dllm.checkpoint.output import atomic_directory, check_output, write_text
 from megatron_dllm.convert.progress import Progress
 from megatron_dllm.convert.readers import open_source, read_dllm_checkpoint
 from megatron_dllm.convert.safetensors_stream import entry_bytes, plan_shards, write_safetensors
@@ -90,7 +91,7 @@ def export_hf(load: str, save: str, *, max_shard_bytes: int = 5 << 30, dtype: st
         return stored if out_dtype is None or _keeps_dtype(item.name) else out_dtype
 
     model_dtype = out_dtype or emb.dtype
-    mask_id = meta.get("mask_token_id")
+    mask_id = recorded_mask_token_id(meta)
     config, warnings = hf_config(cfg, rows, model_dtype, mask_token_id=mask_id, pad_token_id=pad_token_id)
     entries = [(item.name, item.shape, dtype_of(item)) for item in items]
     by_name = {item.name: item for item in items}
@@ -111,8 +112,8 @@ def export_hf(load: str, save: str, *, max_shard_bytes: int = 5 << 30, dtype: st
         for file in MODELING_FILES:
             shutil.copyfile(os.path.join(MODELING_DIR, file), os.path.join(tmp, file))
         info = {"source": os.path.abspath(directory), "iteration": meta.get("iteration"),
-                "mask_token_id": mask_id, "label_shift": meta.get("label_shift", False),
-                "objective": meta.get("objective"), "warnings": warnings}
+                "mask_token_id": mask_id, **recorded_label_mode(meta),
+                "objective": recorded_objective(meta), "warnings": warnings}
         write_text(os.path.join(tmp, "export_info.json"), json.dumps(info, indent=2))
     elapsed = bar.close()
     return {"save": save, "tensors": len(entries), "shards": len(shards), "bytes": total,

@@ -15,21 +15,22 @@ from typing import Callable, List, Optional
 
 import torch
 
-from megatron_dllm.convert.dcp_io import DcpReader, DcpWriter
+from megatron_dllm.checkpoint import layout
+from megatron_dllm.checkpoint.dcp_io import DcpReader, DcpWriter
+from megatron_dllm.checkpoint.integrity import check_torch_dist
+from megatron_dllm.checkpoint.output import atomic_directory, check_output, write_text
 from megatron_dllm.convert.errors import ConversionError
-from megatron_dllm.convert.output import atomic_directory, check_output, write_text
-from megatron_dllm.train import checkpointing
 
 
 def resolve_checkpoint(path: str) -> str:
     """An ``iter_*`` directory, or a save directory (its latest checkpoint)."""
-    if os.path.isfile(os.path.join(path, checkpointing.META)):
+    if os.path.isfile(os.path.join(path, layout.META)):
         return path
     if os.path.isdir(path):
-        iteration = checkpointing.latest_iteration(path)
+        iteration = layout.latest_iteration(path)
         if iteration is not None:
-            return checkpointing.checkpoint_path(path, iteration)
-    raise ConversionError(f"{path}: not a megatron_dllm checkpoint (no {checkpointing.META}, no tracker file)")
+            return layout.checkpoint_path(path, iteration)
+    raise ConversionError(f"{path}: not a megatron_dllm checkpoint (no {layout.META}, no tracker file)")
 
 
 def top_k_by_validation(save_dir: str, k: int, metrics_path: Optional[str] = None) -> List[str]:
@@ -45,10 +46,10 @@ def top_k_by_validation(save_dir: str, k: int, metrics_path: Optional[str] = Non
                 scores[int(record["iteration"])] = float(record["nelbo"])
     ranked = sorted(
         (score, it) for it, score in scores.items()
-        if os.path.isfile(os.path.join(checkpointing.checkpoint_path(save_dir, it), checkpointing.META)))
+        if os.path.isfile(os.path.join(layout.checkpoint_path(save_dir, it), layout.META)))
     if len(ranked) < k:
         raise ConversionError(f"only {len(ranked)} checkpoints in {save_dir} have a validation score; asked for top {k}")
-    return [checkpointing.checkpoint_path(save_dir, it) for _, it in ranked[:k]]
+    return [layout.checkpoint_path(save_dir, it) for _, it in ranked[:k]]
 
 
 def _model_keys(reader: DcpReader) -> List[str]:
@@ -61,6 +62,8 @@ def merge_checkpoints(inputs: List[str], output: str, log: Callable[[str], None]
         raise ConversionError("give at least two checkpoints to merge")
     paths = [resolve_checkpoint(p) for p in inputs]
     check_output(output, paths)
+    for path in paths:
+        check_torch_dist(path, lazy=True)  # every pickle and data file, before anything is read
     readers = [DcpReader(p) for p in paths]
     keys = _model_keys(readers[0])
     for path, reader in zip(paths[1:], readers[1:]):
@@ -70,10 +73,9 @@ def merge_checkpoints(inputs: List[str], output: str, log: Callable[[str], None]
             if reader.tensors[key].shape != readers[0].tensors[key].shape:
                 raise ConversionError(f"{path}: {key} has shape {reader.tensors[key].shape}, "
                                       f"{paths[0]} {readers[0].tensors[key].shape}")
-    with open(os.path.join(paths[0], checkpointing.META)) as handle:
-        meta = json.load(handle)
+    meta = layout.read_meta_file(paths[0])
     with atomic_directory(output) as tmp:
-        target = checkpointing.checkpoint_path(tmp, 0)
+        target = layout.checkpoint_path(tmp, 0)
         writer = DcpWriter(target)
         for i, key in enumerate(keys):
             info = readers[0].tensors[key]
@@ -93,6 +95,6 @@ def merge_checkpoints(inputs: List[str], output: str, log: Callable[[str], None]
         writer.finish()
         meta.update(iteration=0, consumed_samples=0, consumed_tokens=0, has_optimizer=False,
                     optimizer_parts=0, scheduler=None, merged_from=paths)
-        write_text(os.path.join(target, checkpointing.META), json.dumps(meta, indent=2, default=str))
-        write_text(os.path.join(tmp, checkpointing.TRACKER), "0")
+        write_text(os.path.join(target, layout.META), json.dumps(meta, indent=2, default=str))
+        write_text(os.path.join(tmp, layout.TRACKER), "0")  # the folder appears whole (atomic_directory)
     return {"inputs": paths, "tensors": len(keys), "output": output}

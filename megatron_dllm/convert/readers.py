@@ -5,7 +5,7 @@
 :class:`Source` for either format:
 
 * ``torch_dist`` (:class:`TorchDistSource`): keys are already global; read through
-  :class:`~megatron_dllm.convert.dcp_io.DcpReader`, with the spellings of other writers resolved
+  :class:`~megatron_dllm.checkpoint.dcp_io.DcpReader`, with the spellings of other writers resolved
   (``keymap.torch_dist_aliases``, per-expert keys, ``_w`` / ``_v`` halves, layer-stacked keys).
 * ``torch`` legacy (:class:`LegacySource`): ``mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt`` per rank;
   every local tensor becomes a *piece* placed in its global tensor by the rules of ``keymap``
@@ -18,7 +18,6 @@ in memory. Sources are opened read-only and never modified.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -27,12 +26,14 @@ import torch
 
 from megatron_dllm.config import ModelConfig
 from megatron_dllm.convert import keymap
-from megatron_dllm.convert.dcp_io import DcpReader
+from megatron_dllm.checkpoint.dcp_io import DcpReader
+from megatron_dllm.checkpoint.integrity import check_torch_dist
 from megatron_dllm.convert.errors import ConversionError
 from megatron_dllm.convert.keymap import Split
-from megatron_dllm.convert.locate import DLLM_META, detect_format, find_checkpoint_dir, is_torch_dist_dir
-from megatron_dllm.convert.locate import rank_dirs as _rank_dirs
-from megatron_dllm.convert.safe_pickle import TensorRef, load_lazy
+from megatron_dllm.checkpoint.layout import DLLM_META, detect_format, dllm_checkpoint_dir, find_checkpoint_dir
+from megatron_dllm.checkpoint.layout import rank_dirs as _rank_dirs
+from megatron_dllm.checkpoint.layout import read_meta_file
+from megatron_dllm.checkpoint.safe_pickle import TensorRef, load_lazy
 from megatron_dllm.convert.source_config import (
     SourceLayout,
     layout_from_args,
@@ -397,12 +398,12 @@ def open_source(path: str, model_config: Optional[ModelConfig] = None) -> Source
 
 
 def _open_torch_dist(root, directory, iteration, model_config) -> TorchDistSource:
+    check_torch_dist(directory, lazy=True)  # every pickle and data file, before anything is used
     reader = DcpReader(directory)
     meta, origin, config = {}, None, model_config
     meta_file = os.path.join(directory, DLLM_META)
     if os.path.isfile(meta_file):
-        with open(meta_file) as handle:
-            meta = json.load(handle)
+        meta = read_meta_file(directory)
         iteration = meta.get("iteration", iteration)
         if config is None:
             config, origin = model_config_from_meta(meta, meta_file), DLLM_META
@@ -459,12 +460,6 @@ def _open_legacy(root, directory, iteration, model_config) -> LegacySource:
 
 def read_dllm_checkpoint(path: str):
     """(iteration dir, dllm_meta dict, ModelConfig) of a megatron_dllm checkpoint under ``path``."""
-    directory, _ = find_checkpoint_dir(path)
-    meta_file = os.path.join(directory, DLLM_META)
-    if not os.path.isfile(meta_file):
-        raise ConversionError(f"{directory} has no {DLLM_META}: not a megatron_dllm checkpoint")
-    if not is_torch_dist_dir(directory):
-        raise ConversionError(f"{directory} is not a torch_dist checkpoint (no .metadata): it is partial")
-    with open(meta_file) as handle:
-        meta = json.load(handle)
-    return directory, meta, model_config_from_meta(meta, meta_file)
+    directory = dllm_checkpoint_dir(path)
+    meta = read_meta_file(directory)
+    return directory, meta, model_config_from_meta(meta, os.path.join(directory, DLLM_META))

@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from megatron_dllm.checkpoint.layout import recorded_mask_token_id
 from megatron_dllm.config import ModelConfig, ParallelConfig
 from megatron_dllm.convert.errors import ConversionError
 from megatron_dllm.convert.keymap import per_layer_request
@@ -55,10 +56,10 @@ def _sharded_tensors(model):
 
 
 def load_dist(model, directory: str) -> None:
-    """Load ``model`` from a torch_dist checkpoint with Megatron-Core's own loader."""
-    from megatron.core import dist_checkpointing
+    """Load ``model`` from a torch_dist checkpoint with Megatron-Core's loader (safe readers: no code runs)."""
+    from megatron_dllm.checkpoint.dist_load import safe_dist_load
 
-    state = dist_checkpointing.load(model.sharded_state_dict(), directory)
+    state = safe_dist_load(model.sharded_state_dict(), directory)
     expected = set(model.state_dict())  # the common part (common.pt) may hold e.g. optimizer steps
     model.load_state_dict({k: v for k, v in state.items() if k in expected})
 
@@ -118,7 +119,7 @@ def verify(ar_path: str, dllm_path: str, *, batch: int = 2, seq_length: Optional
     if diffs:
         raise ConversionError(f"the converted model's architecture differs from the AR model's in {', '.join(diffs)}")
     vocab = scfg.vocab_size
-    mask_id = meta.get("mask_token_id", (meta.get("run") or {}).get("diffusion", {}).get("mask_token_id"))
+    mask_id = recorded_mask_token_id(meta)
     if mask_id is None:
         raise ConversionError(f"{directory}/{DLLM_META} names no mask token")
     label_shift = bool(meta.get("label_shift", False))
@@ -139,7 +140,7 @@ def verify(ar_path: str, dllm_path: str, *, batch: int = 2, seq_length: Optional
     ar_logits = ar(tokens, positions, None).float()
     del ar
 
-    from megatron_dllm.convert.dcp_io import DcpReader
+    from megatron_dllm.checkpoint.dcp_io import DcpReader
 
     rows = DcpReader(directory).tensors["embedding.word_embeddings.weight"].shape[0]
     dllm = _build(dcfg, rows, causal=False)

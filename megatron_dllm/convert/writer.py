@@ -1,6 +1,6 @@
 """Write a converted model as a megatron_dllm checkpoint, streaming tensor by tensor.
 
-Output layout (what ``megatron_dllm.pretrain --load`` reads; see ``train/checkpointing.py``)::
+Output layout (what ``megatron_dllm.pretrain --load`` reads; see ``checkpoint/layout.py``)::
 
     OUT/latest_checkpointed_iteration.txt     "0"
     OUT/iter_0000000/                         torch_dist files (.metadata, __0_*.distcp, metadata.json, common.pt)
@@ -19,11 +19,12 @@ from typing import Callable, Dict, List
 
 import torch
 
-from megatron_dllm.convert.dcp_io import DcpWriter
+from megatron_dllm.checkpoint.dcp_io import DcpWriter
+from megatron_dllm.checkpoint.layout import META, TRACKER, checkpoint_path
 from megatron_dllm.convert.errors import ConversionError
 from megatron_dllm.convert.keymap import VOCAB_KEYS, per_layer_request
 from megatron_dllm.convert.mask_token import MaskTokenPlan, fill_vocab_rows
-from megatron_dllm.convert.output import write_text
+from megatron_dllm.checkpoint.output import write_text
 from megatron_dllm.convert.targets import TargetObject, TargetTensor
 
 ITERATION = 0
@@ -75,7 +76,7 @@ def write_checkpoint(
 ) -> dict:
     """Write the checkpoint into ``out_root`` (an empty directory); returns size statistics."""
     resolved = resolve_targets(source, targets)
-    directory = os.path.join(out_root, f"iter_{ITERATION:07d}")
+    directory = checkpoint_path(out_root, ITERATION)
     writer = DcpWriter(directory, max_file_bytes=max_file_bytes)
     largest = 0
     for item in targets:
@@ -88,6 +89,6 @@ def write_checkpoint(
     for obj in objects:
         writer.add_object(obj.unique_key, obj.value)
     writer.finish()
-    write_text(os.path.join(directory, "dllm_meta.json"), json.dumps(meta, indent=2, default=str))
-    write_text(os.path.join(out_root, "latest_checkpointed_iteration.txt"), str(ITERATION))
+    write_text(os.path.join(directory, META), json.dumps(meta, indent=2, default=str))
+    write_text(os.path.join(out_root, TRACKER), str(ITERATION))
     return {"tensors": len(targets), "bytes": writer.bytes_written, "largest_tensor_bytes": largest}

@@ -10,7 +10,7 @@ from megatron.core import parallel_state, tensor_parallel
 from megatron_dllm.config import ConfigError, ModelConfig, ParallelConfig
 from megatron_dllm.model.builder import build_model
 from megatron_dllm.platform.distributed import init_model_parallel
-from megatron_dllm.train import checkpointing
+from megatron_dllm.checkpoint import state as checkpointing
 
 
 def model_config_from_meta(meta: dict) -> ModelConfig:

@@ -27,7 +27,7 @@ from megatron_dllm.data.sampler import GlobalBatchSampler
 from megatron_dllm.diffusion.noising import NoiseConfig
 from megatron_dllm.model.core_attention import resolve_backend
 from megatron_dllm.model.embedding_noise import EmbeddingNoise
-from megatron_dllm.train import checkpointing
+from megatron_dllm.checkpoint import state as checkpointing
 from megatron_dllm.train.engine import forward_backward, optimizer_step, reduce_reports
 from megatron_dllm.train.forward_step import StepContext, make_forward_step
 from megatron_dllm.train.logging import MetricsLogger

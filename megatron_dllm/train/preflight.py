@@ -89,7 +89,7 @@ def check_run(run, world_size: int) -> None:
 
 def check_checkpoint_config(run) -> None:
     """When --load has a checkpoint, its model config must match the flags (before building anything)."""
-    from megatron_dllm.train import checkpointing
+    from megatron_dllm.checkpoint import state as checkpointing
 
     ck = run.checkpoint
     if not ck.load or not os.path.isdir(ck.load):

@@ -13,7 +13,8 @@ from megatron_dllm.data.tokenizer import load_tokenizer, require_mask_token
 from megatron_dllm.model.builder import build_model_chunks
 from megatron_dllm.model.embedding_noise import EmbeddingNoise
 from megatron_dllm.platform.distributed import init_model_parallel
-from megatron_dllm.train import checkpointing
+from megatron_dllm.checkpoint import state as checkpointing
+from megatron_dllm.checkpoint.layout import recorded_mask_token_id
 from megatron_dllm.train.engine import build_optimizer, wrap_ddp
 from megatron_dllm.train.logging import MetricsLogger
 from megatron_dllm.train.loop import Setup, TrainState, build_scheduler, optimizer_config
@@ -26,7 +27,7 @@ def _checkpoint_mask_id(run):
     if not ck.load or not os.path.isdir(ck.load) or checkpointing.latest_iteration(ck.load) is None:
         return None
     meta = checkpointing.read_meta(ck.load, checkpointing.latest_iteration(ck.load))
-    return meta.get("mask_token_id")
+    return recorded_mask_token_id(meta)
 
 
 def token_ids(run):
@@ -57,6 +58,7 @@ def setup_run(run, device: str) -> Setup:
     rank0 = dist.get_rank() == 0
     t, ck = run.training, run.checkpoint
     check_checkpoint_config(run)
+    stale = checkpointing.prepare_save(ck.save, ck.load, ck.finetune)  # refuses a foreign --save
     mask_token_id, eod_id, vocab_size = token_ids(run)
     total = train_iters(run)
     G, L = t.global_batch_size, run.model.seq_length
@@ -91,6 +93,8 @@ def setup_run(run, device: str) -> Setup:
         if (ck.save or run.logging.tensorboard_dir) else None)
     logger = MetricsLogger(enabled=rank0, tensorboard_dir=run.logging.tensorboard_dir,
                            metrics_path=metrics_path, train_iters=total)
+    if stale:
+        logger.info(f"removed {', '.join(stale)} from {ck.save}: left by a save that did not finish")
     if ck.load and checkpointing.latest_iteration(ck.load) is not None:
         fresh = ck.finetune or ck.no_load_optim
         meta = checkpointing.load_checkpoint(

@@ -223,7 +223,7 @@ def dllm_logits(out_dir: str, mask_kind: str = "causal") -> torch.Tensor:
     """Logits of a converted checkpoint loaded by Megatron-Core into a dLLM-built model (tril mask)."""
     from megatron_dllm.convert.verify import _build, load_dist
     from megatron_dllm.convert.readers import read_dllm_checkpoint
-    from megatron_dllm.convert.dcp_io import DcpReader
+    from megatron_dllm.checkpoint.dcp_io import DcpReader
 
     directory, _, cfg = read_dllm_checkpoint(out_dir)
     rows = DcpReader(directory).tensors["embedding.word_embeddings.weight"].shape[0]
@@ -267,7 +267,7 @@ def convert_and_verify_worker(rank, world_size, root, jobs):
 
 def extras_worker(rank, world_size, root, moe_out, dense_source, dense_out):
     """One rank: mask-token growth, a wrong-source verify, and the HF export of the MoE conversion."""
-    from megatron_dllm.convert.dcp_io import DcpReader
+    from megatron_dllm.checkpoint.dcp_io import DcpReader
     from megatron_dllm.convert.hf_check import compare_hf, load_hf_model
     from megatron_dllm.convert.hf_export import export_hf
     from megatron_dllm.convert.readers import open_source

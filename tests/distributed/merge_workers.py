@@ -11,7 +11,7 @@ def mean_vs_merged_worker(rank, world_size, inputs, merged):
     from megatron_dllm.generate.loading import model_config_from_meta
     from megatron_dllm.model.builder import build_model
     from megatron_dllm.platform.distributed import init_model_parallel
-    from megatron_dllm.train.checkpointing import load_checkpoint, read_meta
+    from megatron_dllm.checkpoint.state import load_checkpoint, read_meta
 
     import os
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from megatron_dllm.convert.dcp_io import DcpReader, DcpWriter
+from megatron_dllm.checkpoint.dcp_io import DcpReader, DcpWriter
 from megatron_dllm.convert.errors import ConversionError
 
 

@@ -4,7 +4,7 @@ import torch
 
 from megatron_dllm.convert import keymap, readers
 from megatron_dllm.convert.keymap import Split
-from megatron_dllm.convert.safe_pickle import load_lazy
+from megatron_dllm.checkpoint.safe_pickle import load_lazy
 
 
 def _refs(tmp_path, tensors):

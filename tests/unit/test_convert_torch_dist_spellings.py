@@ -3,7 +3,7 @@
 import torch
 
 from megatron_dllm.config import ModelConfig
-from megatron_dllm.convert.dcp_io import DcpReader, DcpWriter
+from megatron_dllm.checkpoint.dcp_io import DcpReader, DcpWriter
 from megatron_dllm.convert.readers import TorchDistSource
 
 

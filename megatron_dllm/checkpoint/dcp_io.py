@@ -29,8 +29,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from megatron_dllm.convert.errors import ConversionError
-from megatron_dllm.convert.safe_pickle import TensorRef, load_dcp_metadata, load_lazy, load_tensor
+from megatron_dllm.checkpoint.errors import CheckpointError
+from megatron_dllm.checkpoint.integrity import check_data_files
+from megatron_dllm.checkpoint.safe_pickle import TensorRef, load_dcp_metadata, load_lazy, load_tensor
 
 def _dcp():
     """torch.distributed.checkpoint's metadata classes (imported on first use: the import costs ~1 s)."""
@@ -74,11 +75,8 @@ class DcpReader:
         self.path = path
         meta_file = os.path.join(path, ".metadata")
         if not os.path.isfile(meta_file):
-            raise ConversionError(f"{path} has no .metadata file: not a torch_dist checkpoint (or incomplete)")
-        try:
-            metadata = load_dcp_metadata(meta_file)
-        except (EOFError, pickle.UnpicklingError, AttributeError) as exc:
-            raise ConversionError(f"{meta_file} is corrupt ({exc.__class__.__name__}): the checkpoint is incomplete") from exc
+            raise CheckpointError(f"{path} has no .metadata file: not a torch_dist checkpoint (or incomplete)")
+        metadata = load_dcp_metadata(meta_file)
         where: Dict[Tuple[str, Optional[Tuple[int, ...]]], object] = {}
         for index, info in metadata.storage_data.items():
             offset = tuple(index.offset) if index.offset is not None else None
@@ -95,13 +93,11 @@ class DcpReader:
                 offsets = tuple(int(o) for o in chunk.offsets)
                 info = where.get((key, offsets))
                 if info is None:
-                    raise ConversionError(f"{path}: no data recorded for {key} at {offsets}: the checkpoint is incomplete")
+                    raise CheckpointError(f"{path}: no data recorded for {key} at {offsets}: the checkpoint is incomplete")
                 chunks.append(Chunk(offsets, tuple(int(s) for s in chunk.sizes),
                                     os.path.join(path, info.relative_path), info.offset, info.length))
             self.tensors[key] = TensorInfo(tuple(int(s) for s in md.size), md.properties.dtype, chunks)
-        for info in {c.file for t in self.tensors.values() for c in t.chunks}:
-            if not os.path.isfile(info):
-                raise ConversionError(f"{path}: data file {os.path.basename(info)} is missing: the checkpoint is incomplete")
+        check_data_files(path, metadata)  # every data file present and long enough
 
     def __contains__(self, key: str) -> bool:
         return key in self.tensors
@@ -119,11 +115,11 @@ class DcpReader:
         """
         info = self.tensors.get(key)
         if info is None:
-            raise ConversionError(f"{self.path}: no tensor {key!r}")
+            raise CheckpointError(f"{self.path}: no tensor {key!r}")
         offsets, sizes = tuple(offsets), tuple(sizes)
         if len(offsets) != len(info.shape) or any(
                 o < 0 or o + s > g for o, s, g in zip(offsets, sizes, info.shape)):
-            raise ConversionError(f"{key}: box {offsets}+{sizes} outside global shape {info.shape}")
+            raise CheckpointError(f"{key}: box {offsets}+{sizes} outside global shape {info.shape}")
         for chunk in info.chunks:  # fast path: the box is exactly one stored chunk
             if chunk.offsets == offsets and chunk.sizes == sizes:
                 return chunk.ref().load(out=out)
@@ -151,14 +147,14 @@ class DcpReader:
         for s in sizes:
             want *= s
         if covered < want:
-            raise ConversionError(f"{self.path}: {key} box {offsets}+{sizes} is not fully stored: the checkpoint is incomplete")
+            raise CheckpointError(f"{self.path}: {key} box {offsets}+{sizes} is not fully stored: the checkpoint is incomplete")
         return result
 
     def read_object(self, key: str):
         """A ShardedObject's value (the list mcore saved, loaded with the restricted unpickler)."""
         info = self.objects.get(key)
         if info is None:
-            raise ConversionError(f"{self.path}: no object {key!r}")
+            raise CheckpointError(f"{self.path}: no object {key!r}")
         return load_lazy(os.path.join(self.path, info.relative_path), info.offset, info.length)
 
 

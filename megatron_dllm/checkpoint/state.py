@@ -1,16 +1,15 @@
-"""Checkpoints in Megatron-Core's torch_dist format (dist_checkpointing), written atomically.
+"""A training run's state in a checkpoint: model, optimizer, scheduler, RNG (collective save and load).
 
-Layout (Megatron-LM compatible)::
-
-    SAVE/latest_checkpointed_iteration.txt      the iteration of the newest complete checkpoint
-    SAVE/iter_0000020/                          dist_checkpointing files (metadata.json, *.distcp, common.pt)
-    SAVE/iter_0000020/dllm_meta.json            iteration, consumed samples/tokens, LR-scheduler state,
-                                                the run config, the parallel layout
-    SAVE/iter_0000020/rng/rank_00000.pt         per-rank RNG states (restored only under the same layout)
+Checkpoints are Megatron-Core torch_dist (dist_checkpointing) folders in the layout of
+``checkpoint/layout.py``, plus our ``dllm_meta.json`` (iteration, consumed samples / tokens,
+LR-scheduler state, the run config, the parallel layout, the lineage and the writer's ``extra`` keys)
+and ``rng/rank_XXXXX.pt`` (per-rank RNG states, restored only under the same layout).
 
 A save writes ``iter_XXXXXXX.tmp`` first, renames it when every rank has finished, and only then
-updates the tracker file (itself via rename). A crash or ``kill -9`` at any point leaves the previous
-checkpoint as the latest. Model and optimizer states are resharded on load, so a run can resume
+updates the tracker file (itself via rename): a crash or ``kill -9`` at any point leaves the previous
+checkpoint as the latest. Saving and pruning follow ``checkpoint/save_dir.py`` (no run deletes
+another's checkpoints). Loading checks every pickle before anything is read
+(``checkpoint/dist_load.py``). Model and optimizer states are resharded on load, so a run can resume
 under a different TP / PP / EP layout (the distributed optimizer is saved 'fully_reshardable').
 """
 
@@ -26,10 +25,21 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 
+from megatron_dllm.checkpoint import save_dir
+from megatron_dllm.checkpoint.dist_load import safe_dist_load
+from megatron_dllm.checkpoint.errors import CheckpointError
+from megatron_dllm.checkpoint.layout import (  # noqa: F401 - re-exported for the training loop and tools
+    META,
+    TRACKER,
+    checkpoint_path,
+    fsync_dir,
+    latest_iteration,
+    read_meta,
+    write_text_atomic,
+)
+from megatron_dllm.checkpoint.safe_pickle import safe_torch_load
 from megatron_dllm.config import ConfigError, ModelConfig
 
-TRACKER = "latest_checkpointed_iteration.txt"
-META = "dllm_meta.json"
 # Layout-independent optimizer keys: no per-sub-optimizer prefix, fully reshardable tensors.
 _OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
 # Model fields that may differ between a checkpoint and a run without changing any tensor.
@@ -37,38 +47,33 @@ _NON_ARCH_FIELDS = {"seq_length", "max_position_embeddings", "hidden_dropout", "
                     "init_method_std", "moe_token_dispatcher_type", "moe_grouped_gemm",
                     "moe_aux_loss_coeff", "moe_z_loss_coeff", "moe_router_bias_update_rate",
                     "moe_router_load_balancing_type"}
+# The lineage this process writes (save_dir.py); set by prepare_save, a new one otherwise.
+_lineage: Optional[str] = None
 
 
-def checkpoint_path(root: str, iteration: int) -> str:
-    return os.path.join(root, f"iter_{iteration:07d}")
+def prepare_save(save: Optional[str], load: Optional[str], finetune: bool = False) -> List[str]:
+    """Before a run: refuse a foreign --save, take over the lineage being resumed, clean stale .tmp.
+
+    Every rank calls it (the checks only read); rank 0 removes stale folders. Returns their names.
+    """
+    global _lineage
+    save_dir.check_save_dir(save, load, finetune)
+    _lineage = None
+    if save and save_dir.resumes_from_save(save, load, finetune) and latest_iteration(save) is not None:
+        _lineage = read_meta(save, latest_iteration(save)).get(save_dir.LINEAGE)
+    if _lineage is None:
+        _lineage = save_dir.new_lineage()
+    if save and (not dist.is_initialized() or dist.get_rank() == 0):
+        return save_dir.clean_stale(save)
+    return []
 
 
-def latest_iteration(root: str) -> Optional[int]:
-    """Iteration named by the tracker file, or None when ``root`` holds no checkpoint."""
-    tracker = os.path.join(root, TRACKER)
-    if not os.path.isfile(tracker):
-        return None
-    text = open(tracker).read().strip()
-    if not text.isdigit():
-        raise ConfigError(f"{tracker} is corrupt ({text!r}); point it at an existing iter_* directory")
-    iteration = int(text)
-    if not os.path.isfile(os.path.join(checkpoint_path(root, iteration), META)):
-        raise ConfigError(f"{tracker} names iteration {iteration} but {checkpoint_path(root, iteration)} is missing or incomplete")
-    return iteration
-
-
-def read_meta(root: str, iteration: int) -> dict:
-    with open(os.path.join(checkpoint_path(root, iteration), META)) as handle:
-        return json.load(handle)
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def current_lineage() -> str:
+    """The lineage id this process writes into its checkpoints."""
+    global _lineage
+    if _lineage is None:
+        _lineage = save_dir.new_lineage()
+    return _lineage
 
 
 def _unwrap(chunks) -> List[torch.nn.Module]:
@@ -122,14 +127,18 @@ def save_checkpoint(
 ) -> str:
     """Save model (+ optimizer and scheduler when given) at ``iteration``; returns the directory.
 
-    Collective: every rank calls it. ``keep_last`` > 0 deletes older checkpoints after the save.
+    Collective: every rank calls it. ``keep_last`` > 0 deletes older checkpoints of this run's lineage
+    after the save (``save_dir.prune``). ``extra`` keys are written at the top level of the metadata.
     """
     rank = dist.get_rank()
     final = checkpoint_path(root, iteration)
     tmp = final + ".tmp"
     if rank == 0:
+        if os.path.lexists(root) and not os.path.isdir(root):
+            raise CheckpointError(f"--save {root} is a file, not a folder: choose a folder path for the checkpoints")
         os.makedirs(root, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.lexists(tmp):  # left by a save of this iteration that was killed
+            shutil.rmtree(tmp)
         os.makedirs(tmp)
     dist.barrier()
     sharded = _model_sharded_state_dict(model)
@@ -149,26 +158,19 @@ def save_checkpoint(
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "layout": layout_signature(),
             "run": run_config,
+            save_dir.LINEAGE: current_lineage(),
             **(extra or {}),
         }
-        _write_atomic(os.path.join(tmp, META), json.dumps(meta, indent=2, default=str))
-        if os.path.exists(final):
-            shutil.rmtree(final)
+        write_text_atomic(os.path.join(tmp, META), json.dumps(meta, indent=2, default=str))
+        # An existing iter_N of another lineage is moved aside, never deleted (save_dir.make_room).
+        save_dir.make_room(root, iteration, current_lineage())
         os.rename(tmp, final)
-        _write_atomic(os.path.join(root, TRACKER), str(iteration))
-        if keep_last > 0:
-            _prune(root, keep_last)
+        fsync_dir(root)
+        # The tracker moves only after the folder is complete and in place.
+        write_text_atomic(os.path.join(root, TRACKER), str(iteration))
+        save_dir.prune(root, keep_last, current_lineage())
     dist.barrier()
     return final
-
-
-def _prune(root: str, keep_last: int) -> None:
-    iterations = sorted(
-        int(name[5:]) for name in os.listdir(root)
-        if name.startswith("iter_") and name[5:].isdigit()
-    )
-    for old in iterations[:-keep_last]:
-        shutil.rmtree(checkpoint_path(root, old), ignore_errors=True)
 
 
 def _optimizer_parts(optimizer) -> int:
@@ -244,7 +246,7 @@ def load_checkpoint(
     if iteration is None:
         iteration = latest_iteration(root)
         if iteration is None:
-            raise ConfigError(f"--load {root}: no checkpoint found ({TRACKER} missing)")
+            raise CheckpointError(f"--load {root}: no checkpoint found ({TRACKER} missing)")
     path = checkpoint_path(root, iteration)
     meta = read_meta(root, iteration)
     if model_config is not None and "run" in meta and "model" in meta["run"]:
@@ -261,7 +263,7 @@ def load_checkpoint(
                 f"--expert-model-parallel-size {'> 1' if saved_parts > 1 else '1'}, or pass --no-load-optim "
                 "to load the weights with a fresh optimizer")
         sharded["optimizer"] = _optimizer_sharded_state_for_loading(optimizer, dict(sharded))
-    state = dist_checkpointing.load(sharded, path)
+    state = safe_dist_load(sharded, path)
     chunks = _unwrap(model)
     if len(chunks) == 1:
         chunks[0].load_state_dict(state["model"])
@@ -274,6 +276,6 @@ def load_checkpoint(
             scheduler.load_state_dict(meta["scheduler"])
     rng_file = os.path.join(path, "rng", f"rank_{dist.get_rank():05d}.pt")
     if load_rng and meta.get("layout") == layout_signature() and os.path.isfile(rng_file):
-        _set_rng_state(torch.load(rng_file, weights_only=True))
+        _set_rng_state(safe_torch_load(rng_file, rng_file))
     meta["loaded_optimizer"] = bool(with_optimizer)
     return meta

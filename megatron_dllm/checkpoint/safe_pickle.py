@@ -5,7 +5,11 @@ numpy RNG states and optimizer objects next to the weights, which ``torch.load(w
 rejects; ``weights_only=False`` would run arbitrary code from the file. This module unpickles with
 an allow-list instead (the same idea as ``weights_only``): tensors, containers, dtypes, sizes and
 ``argparse.Namespace`` are rebuilt; any other class becomes an inert :class:`Opaque` placeholder
-that records its name and arguments and never executes anything.
+that records its name and arguments and never executes anything. A pickle that names a function
+of a module that runs code (``os``, ``subprocess``, ``builtins.eval``, ...) is refused outright.
+DCP ``.metadata`` is read with an explicit allow-list of torch's metadata records
+(:func:`load_dcp_metadata`); small files that hold only tensors and plain values (``common.pt``,
+RNG states, ShardedObject items) go through ``torch.load(weights_only=True)`` (:func:`safe_torch_load`).
 
 Tensors are not read while unpickling: each becomes a :class:`TensorRef` (file, byte offset, dtype,
 shape, strides) whose :meth:`TensorRef.load` reads exactly the bytes it spans, optionally straight
@@ -29,7 +33,7 @@ from typing import Any, Optional, Tuple
 
 import torch
 
-from megatron_dllm.convert.errors import ConversionError
+from megatron_dllm.checkpoint.errors import CheckpointError
 
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")  # zip local file header, 30 bytes
 _LOCAL_HEADER_SIG = 0x04034B50
@@ -55,7 +59,24 @@ class Opaque:
         return f"<opaque {self.qualname}{self.args!r}>"
 
 
+# Modules whose functions run code or touch the system. A placeholder would never call them either;
+# a pickle that names one is crafted, not saved by a trainer, so it is refused outright.
+_REFUSED_MODULES = ("os", "posix", "nt", "subprocess", "sys", "shutil", "importlib", "runpy", "pickle",
+                    "_pickle", "marshal", "socket", "ctypes", "code", "codeop", "pty", "webbrowser",
+                    "multiprocessing", "io", "_io", "tempfile", "pathlib", "urllib", "http", "signal",
+                    "threading", "_thread", "asyncio", "platform", "timeit", "pdb", "bdb", "cProfile",
+                    "profile", "trace", "inspect", "operator", "functools", "builtins", "__builtin__",
+                    "commands", "popen2", "glob", "zipimport", "pkgutil", "sysconfig", "site")
+
+
+def _refused(module: str) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in _REFUSED_MODULES)
+
+
 def _opaque_class(module: str, name: str) -> type:
+    if _refused(module):
+        raise CheckpointError(f"the file references {module}.{name}, which checkpoints never hold: it "
+                              "was crafted to run code; refusing to load it (use a trusted checkpoint)")
     return type(name, (Opaque,), {"qualname": f"{module}.{name}"})
 
 
@@ -63,7 +84,7 @@ def _safe_reconstructor(cls, base, state):
     # copyreg._reconstructor(cls, object, None) is how protocol 2 pickles plain objects.
     if isinstance(cls, type) and issubclass(cls, (Opaque, argparse.Namespace)):
         return cls.__new__(cls)
-    raise ConversionError(f"refusing to rebuild an object of {cls!r} from a pickle")
+    raise CheckpointError(f"refusing to rebuild an object of {cls!r} from a pickle")
 
 
 class _StorageRef:
@@ -187,7 +208,7 @@ def _read_into(path: str, offset: int, tensor: torch.Tensor, nbytes: int) -> Non
         while done < nbytes:
             got = handle.readinto(view[done:])
             if not got:
-                raise ConversionError(f"{path} is truncated (wanted {nbytes} bytes at offset {offset})")
+                raise CheckpointError(f"{path} is truncated (wanted {nbytes} bytes at offset {offset})")
             done += got
 
 
@@ -241,7 +262,8 @@ def _dtype_of_storage_type(name: str) -> torch.dtype:
 
 _TORCH_VALUE_TYPES = (torch.dtype, torch.layout, torch.memory_format)
 _SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "slice": slice, "complex": complex,
-                  "bytearray": bytearray, "range": range}
+                  "bytearray": bytearray, "range": range, "object": object, "int": int, "float": float,
+                  "str": str, "bytes": bytes, "bool": bool, "tuple": tuple, "list": list, "dict": dict}
 
 
 class _CheckpointUnpickler(pickle.Unpickler):
@@ -253,14 +275,14 @@ class _CheckpointUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-            raise ConversionError(f"unsupported persistent id {pid!r} in a torch.save file")
+            raise CheckpointError(f"unsupported persistent id {pid!r} in a torch.save file")
         _, storage_type, key, _location, numel = pid
         dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else torch.uint8
         return _StorageRef(str(key), dtype, int(numel))
 
     def _rebuild_tensor(self, storage, storage_offset, size, stride, *_rest):
         if not isinstance(storage, _StorageRef):
-            raise ConversionError("malformed tensor record in a torch.save file")
+            raise CheckpointError("malformed tensor record in a torch.save file")
         return self._resolve_storage(storage, storage_offset, size, stride)
 
     def _rebuild_tensor_v3(self, storage, storage_offset, size, stride, requires_grad, hooks, dtype, *_rest):
@@ -312,7 +334,7 @@ def _member_data_offset(view: _FileView, info: zipfile.ZipInfo) -> int:
     header = view.read(_LOCAL_HEADER.size)
     fields = _LOCAL_HEADER.unpack(header)
     if fields[0] != _LOCAL_HEADER_SIG:
-        raise ConversionError("corrupt zip record in a torch.save file")
+        raise CheckpointError("corrupt zip record in a torch.save file")
     name_len, extra_len = fields[9], fields[10]
     return info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
 
@@ -321,7 +343,7 @@ def load_lazy(path: str, base: int = 0, length: Optional[int] = None) -> Any:
     """Unpickle the torch.save zip at ``path`` (or at ``[base, base+length)`` inside it), lazily.
 
     Returns the saved object with every tensor replaced by a :class:`TensorRef`; nothing but the
-    pickle itself is read. Raises ConversionError for a file that is not a torch.save zip.
+    pickle itself is read. Raises CheckpointError for a file that is not a torch.save zip.
     """
     if length is None:
         length = os.path.getsize(path) - base
@@ -330,30 +352,36 @@ def load_lazy(path: str, base: int = 0, length: Optional[int] = None) -> Any:
         try:
             archive = zipfile.ZipFile(view)
         except zipfile.BadZipFile as exc:
-            raise ConversionError(
+            raise CheckpointError(
                 f"{path} is not a torch.save zip file (saved by PyTorch < 1.6, or corrupt): re-save it "
                 "with a recent PyTorch"
             ) from exc
         names = archive.namelist()
         pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
         if len(pkl) != 1:
-            raise ConversionError(f"{path}: expected one data.pkl record, found {len(pkl)}")
+            raise CheckpointError(f"{path}: expected one data.pkl record, found {len(pkl)}")
         prefix = pkl[0][: -len("data.pkl")]
         byteorder = prefix + "byteorder"
         if byteorder in names and archive.read(byteorder).decode() != "little":
-            raise ConversionError(f"{path} was saved on a big-endian machine: not supported")
+            raise CheckpointError(f"{path} was saved on a big-endian machine: not supported")
         infos = {info.filename: info for info in archive.infolist()}
 
         def resolve(storage: _StorageRef, storage_offset, size, stride) -> TensorRef:
             info = infos.get(f"{prefix}data/{storage.key}")
             if info is None:
-                raise ConversionError(f"{path}: storage record {storage.key} is missing")
+                raise CheckpointError(f"{path}: storage record {storage.key} is missing")
             if info.compress_type != zipfile.ZIP_STORED:
-                raise ConversionError(f"{path}: compressed storage records are not supported")
+                raise CheckpointError(f"{path}: compressed storage records are not supported")
             offset = base + _member_data_offset(view, info)
             return TensorRef(path, offset, storage.numel, storage.dtype, size, stride, storage_offset)
 
-        return _CheckpointUnpickler(archive.read(pkl[0]), resolve).load()
+        try:
+            return _CheckpointUnpickler(archive.read(pkl[0]), resolve).load()
+        except CheckpointError as exc:
+            if str(exc).startswith("the file references"):
+                where = path if base == 0 else f"{path} at offset {base}"
+                raise CheckpointError(str(exc).replace("the file", where, 1)) from None
+            raise
     finally:
         view.close()
 
@@ -362,7 +390,7 @@ def load_tensor(path: str, base: int, length: int) -> TensorRef:
     """The single tensor saved with ``torch.save(tensor)`` at ``[base, base+length)`` of ``path``."""
     obj = load_lazy(path, base, length)
     if not isinstance(obj, TensorRef):
-        raise ConversionError(f"{path} at offset {base}: expected a tensor record, found {type(obj).__name__}")
+        raise CheckpointError(f"{path} at offset {base}: expected a tensor record, found {type(obj).__name__}")
     return obj
 
 
@@ -377,14 +405,29 @@ def materialize(obj: Any) -> Any:
     return obj
 
 
+def _dcp_metadata_classes() -> dict:
+    """The classes a DCP ``.metadata`` pickle may name: torch's own metadata records and enums."""
+    from torch.distributed.checkpoint import filesystem, metadata, planner
+
+    names = {
+        metadata: ("Metadata", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+                   "BytesStorageMetadata", "ChunkStorageMetadata", "MetadataIndex", "_MEM_FORMAT_ENCODING"),
+        filesystem: ("_StorageInfo", "_StoragePrefix"),
+        planner: ("SavePlan", "TensorWriteData", "WriteItem", "WriteItemType", "LoadItemType"),
+    }
+    return {(mod.__name__, n): getattr(mod, n) for mod, ns in names.items() for n in ns if hasattr(mod, n)}
+
+
 class _MetadataUnpickler(pickle.Unpickler):
-    """Allow-list unpickler for DCP ``.metadata`` files: DCP's own dataclasses and torch values only."""
+    """Allow-list unpickler for DCP ``.metadata`` files: DCP's own records and torch values only."""
+
+    _classes: Optional[dict] = None
 
     def find_class(self, module: str, name: str) -> Any:
-        if module.startswith("torch.distributed.checkpoint"):
-            value = super().find_class(module, name)
-            if isinstance(value, type):
-                return value
+        if _MetadataUnpickler._classes is None:
+            _MetadataUnpickler._classes = _dcp_metadata_classes()
+        if (module, name) in self._classes:
+            return self._classes[(module, name)]
         if module == "torch":
             value = getattr(torch, name, None)
             if name == "Size":
@@ -399,10 +442,44 @@ class _MetadataUnpickler(pickle.Unpickler):
             return _SAFE_BUILTINS[name]
         if (module, name) == ("_codecs", "encode"):
             return codecs.encode
-        raise ConversionError(f"unexpected object {module}.{name} in checkpoint metadata: refusing to load it")
+        raise CheckpointError(f"unexpected object {module}.{name} in checkpoint metadata: refusing to load it "
+                              "(the file was not written by torch.distributed.checkpoint; use a trusted checkpoint)")
 
 
 def load_dcp_metadata(path: str):
     """The ``torch.distributed.checkpoint`` Metadata pickled in ``path`` (allow-listed classes only)."""
-    with open(path, "rb") as handle:
-        return _MetadataUnpickler(handle).load()
+    try:
+        with open(path, "rb") as handle:
+            metadata = _MetadataUnpickler(handle).load()
+    except CheckpointError:
+        raise
+    except (EOFError, pickle.UnpicklingError, AttributeError, TypeError, ValueError, IndexError,
+            KeyError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is corrupt ({exc.__class__.__name__}): the checkpoint is incomplete "
+                              "or damaged") from None
+    if type(metadata).__name__ != "Metadata" or not hasattr(metadata, "state_dict_metadata"):
+        raise CheckpointError(f"{path} holds a {type(metadata).__name__}, not DCP metadata: the checkpoint is damaged")
+    return metadata
+
+
+def safe_torch_load(source, what: str, mmap: bool = False):
+    """``torch.load(weights_only=True)`` of a file (path) or buffer; a CheckpointError when refused.
+
+    ``weights_only`` rebuilds tensors, containers and plain values only and refuses any other class
+    before calling anything, so no code from the file runs. ``what`` names the file in the message.
+    """
+    try:
+        if mmap and isinstance(source, str):
+            return torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} is missing: the checkpoint is incomplete") from None
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((line.strip() for line in first if "GLOBAL" in line or "Unsupported" in line), "")
+        detail = detail or "refused by torch.load(weights_only=True)"
+        raise CheckpointError(f"{what} holds objects other than tensors and plain values ({detail}): "
+                              "refusing to load it (use a trusted checkpoint)") from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{what} is corrupt ({exc.__class__.__name__}): the checkpoint is incomplete "
+                              "or damaged") from None

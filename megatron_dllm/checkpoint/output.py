@@ -7,21 +7,21 @@ import os
 import shutil
 from typing import Iterable
 
-from megatron_dllm.convert.errors import ConversionError
+from megatron_dllm.checkpoint.errors import CheckpointError
 
 
 def check_output(path: str, inputs: Iterable[str] = ()) -> None:
     """Refuse an existing non-empty ``path``, or one inside (or containing) an input directory."""
     if os.path.lexists(path) and not (os.path.isdir(path) and not os.listdir(path)):
-        raise ConversionError(f"output {path} already exists: choose a new directory (refusing to overwrite)")
+        raise CheckpointError(f"output {path} already exists: choose a new directory (refusing to overwrite)")
     out = os.path.realpath(path)
     for source in inputs:
         src = os.path.realpath(source)
         if out == src or out.startswith(src + os.sep) or src.startswith(out + os.sep):
-            raise ConversionError(f"output {path} overlaps the input {source}: write it somewhere else")
+            raise CheckpointError(f"output {path} overlaps the input {source}: write it somewhere else")
     parent = os.path.dirname(out) or "."
     if os.path.exists(parent) and not os.path.isdir(parent):
-        raise ConversionError(f"the parent of {path} is not a directory")
+        raise CheckpointError(f"the parent of {path} is not a directory")
 
 
 @contextlib.contextmanager
@@ -56,11 +56,11 @@ def write_text(path: str, text: str) -> None:
 
 def early_path_error(save: str, load: str):
     """The one-line error for a bad --load / --save pair, or None (checked before torch is imported)."""
-    from megatron_dllm.convert.locate import locate
+    from megatron_dllm.checkpoint.layout import locate
 
     try:
         check_output(save, inputs=[load])
         locate(load)
-    except (ConversionError, OSError) as exc:
+    except (CheckpointError, OSError) as exc:
         return f"error: {exc}"
     return None

@@ -137,8 +137,13 @@ def recorded_objective(meta: dict) -> Optional[str]:
 
 
 def recorded_label_mode(meta: dict) -> dict:
-    """The label alignment a checkpoint records: ``label_shift`` / ``token_shift`` / ``clean_stream`` (False when absent)."""
-    return {key: bool(meta.get(key, False)) for key in ("label_shift", "token_shift", "clean_stream")}
+    """The label alignment a checkpoint records: ``label_shift`` and ``token_shift`` (False when
+    absent) and ``clean_stream`` (``"causal"`` or ``"block_causal"``, the default when absent)."""
+    clean = meta.get("clean_stream") or "block_causal"
+    if clean not in ("causal", "block_causal"):
+        raise ValueError(f"checkpoint metadata: clean_stream {clean!r} is neither 'causal' nor 'block_causal'")
+    return {"label_shift": bool(meta.get("label_shift", False)),
+            "token_shift": bool(meta.get("token_shift", False)), "clean_stream": clean}
 
 
 def is_finite(meta: dict) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import warnings
@@ -39,6 +40,9 @@ def main(argv=None) -> int:
     from megatron_dllm.checkpoint.output import early_path_error
 
     message = early_path_error(args.save, args.load)  # path errors first, before torch is imported
+    if not message and not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+        message = (f"error: --tolerance {args.tolerance} must be a finite number >= 0 (largest allowed "
+                   "|dlogits| of --check), e.g. --tolerance 1e-4")
     if message:
         print(message, file=sys.stderr)
         return 2

@@ -28,14 +28,20 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if bool(args.inputs) == bool(args.load):
         p.error("give --inputs DIR... or --load DIR --top-k K")
-    if args.load and not args.top_k:
+    if args.load and args.top_k is None:
         p.error("--load needs --top-k K")
+    if args.top_k is not None and args.top_k < 2:
+        print(f"error: --top-k {args.top_k} must be >= 2 (averaging needs at least two checkpoints)",
+              file=sys.stderr)
+        return 2
     from megatron_dllm.config import ConfigError
     from megatron_dllm.convert.errors import ConversionError
-    from megatron_dllm.convert.merge import merge_checkpoints, top_k_by_validation
+    from megatron_dllm.convert.merge import merge_checkpoints, resolve_checkpoint, top_k_by_validation
+    from megatron_dllm.convert.roles import check_mergeable
 
     try:
         inputs = args.inputs or top_k_by_validation(args.load, args.top_k, args.metrics_path)
+        check_mergeable([resolve_checkpoint(path) for path in inputs])
         result = merge_checkpoints(inputs, args.save, log=lambda m: print(m, file=sys.stderr, flush=True))
     except (ConversionError, ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

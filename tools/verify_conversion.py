@@ -35,9 +35,14 @@ def main(argv=None) -> int:
     from megatron_dllm.convert.errors import ConversionError
     from megatron_dllm.checkpoint.layout import locate
 
+    from megatron_dllm.convert.roles import check_verify_roles
+    from megatron_dllm.convert.verify import check_verify_options
+
     try:
+        check_verify_options(tolerance=args.tolerance, batch=args.batch, seq_length=args.seq_length)
         locate(args.ar)
         locate(args.dllm)
+        check_verify_roles(args.ar, args.dllm)
         override = None
         if args.model_config:
             from megatron_dllm.config_io import load_model_config

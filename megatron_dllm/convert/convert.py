@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -26,6 +27,7 @@ from megatron_dllm.convert.keymap import DROPPED, per_layer_request
 from megatron_dllm.convert.mask_token import MaskTokenPlan, parse_init, plan_mask_token
 from megatron_dllm.checkpoint.output import atomic_directory, check_output
 from megatron_dllm.convert.readers import Source, open_source
+from megatron_dllm.convert.roles import refuse_dllm_source
 
 
 @dataclass
@@ -59,6 +61,9 @@ def prepare(request: ConvertRequest) -> PreparedConversion:
     """Open and check everything; raise ConversionError (one line) on bad input. Writes nothing."""
     check_output(request.save, inputs=[request.load])
     parse_init(request.mask_embedding_init)
+    if not (math.isfinite(request.max_file_gb) and request.max_file_gb > 0):
+        raise ConversionError(f"--max-file-gb {request.max_file_gb} must be a positive number of GiB "
+                              "(the size of each output data file), e.g. --max-file-gb 8")
     override = None
     if request.model_config:
         from megatron_dllm.config_io import load_model_config
@@ -68,6 +73,7 @@ def prepare(request: ConvertRequest) -> PreparedConversion:
         except ConfigError as exc:
             raise ConversionError(str(exc)) from exc
     source = open_source(request.load, override)
+    refuse_dllm_source(request.load, source.meta)
     cfg = source.config
     sizes = (request.target_tensor_parallel, request.target_pipeline_parallel, request.target_expert_parallel)
     if min(sizes) < 1:

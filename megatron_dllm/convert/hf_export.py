@@ -39,10 +39,16 @@ def parse_size(text: str) -> int:
     t = str(text).strip().upper()
     for unit, factor in units.items():
         if t.endswith(unit) and t[: -len(unit)].replace(".", "", 1).isdigit():
-            return int(float(t[: -len(unit)]) * factor)
+            return _positive_size(int(float(t[: -len(unit)]) * factor), text)
     if t.isdigit():
-        return int(t)
+        return _positive_size(int(t), text)
     raise ConversionError(f"--max-shard-size {text!r}: give a size like 5GB, 500MB or a byte count")
+
+
+def _positive_size(size: int, text: str) -> int:
+    if size < 1:
+        raise ConversionError(f"--max-shard-size {text!r} is zero bytes: give a size like 5GB or 500MB")
+    return size
 
 
 def _keeps_dtype(name: str) -> bool:
@@ -70,6 +76,9 @@ def export_hf(load: str, save: str, *, max_shard_bytes: int = 5 << 30, dtype: st
         raise ConversionError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     check_output(save, inputs=[load])
     directory, meta, cfg = read_dllm_checkpoint(load)
+    if pad_token_id is not None and not 0 <= pad_token_id < cfg.vocab_size:
+        raise ConversionError(f"--pad-token-id {pad_token_id} is outside the vocabulary [0, {cfg.vocab_size}): "
+                              "pass the tokenizer's pad id, or leave it out")
     if meta.get("finite") is False:
         raise ConversionError(f"{directory} is recorded as holding NaN / Inf weights: export a checkpoint "
                               "from before the run diverged")

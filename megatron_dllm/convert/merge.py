@@ -40,8 +40,12 @@ def top_k_by_validation(save_dir: str, k: int, metrics_path: Optional[str] = Non
         raise ConversionError(f"{metrics_path} not found: pass --metrics-path or the checkpoints explicitly")
     scores = {}
     with open(metrics_path) as handle:
-        for line in handle:
-            record = json.loads(line)
+        for lineno, line in enumerate(handle, start=1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise ConversionError(f"{metrics_path}:{lineno} is not a JSON record: pass --metrics-path "
+                                      "of an intact metrics.jsonl, or the checkpoints with --inputs") from None
             if record.get("kind") == "valid" and "nelbo" in record:
                 scores[int(record["iteration"])] = float(record["nelbo"])
     ranked = sorted(

@@ -18,6 +18,7 @@ cross-entropy with a bidirectional mask on the same tokens, half of them replace
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Optional
 
@@ -29,6 +30,7 @@ from megatron_dllm.config import ModelConfig, ParallelConfig
 from megatron_dllm.convert.errors import ConversionError
 from megatron_dllm.convert.keymap import per_layer_request
 from megatron_dllm.convert.readers import DLLM_META, Source, open_source, read_dllm_checkpoint
+from megatron_dllm.convert.roles import check_verify_roles
 
 # Fields that may differ between the AR and the converted config without changing the function.
 _FREE_FIELDS = {"vocab_size", "seq_length", "max_position_embeddings", "hidden_dropout", "attention_dropout",
@@ -102,6 +104,17 @@ def _next_token_ce(logits: torch.Tensor, tokens: torch.Tensor, vocab: int) -> fl
     return F.cross_entropy(logits[:, :-1, :vocab].double().reshape(-1, vocab), tokens[:, 1:].reshape(-1)).item()
 
 
+def check_verify_options(*, tolerance: float, batch: int, seq_length: Optional[int]) -> None:
+    """ConversionError naming the flag for a tolerance that is not a finite number >= 0, or sizes < 1."""
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ConversionError(f"--tolerance {tolerance} must be a finite number >= 0 (largest allowed "
+                              "|dlogits|), e.g. --tolerance 1e-5")
+    if batch < 1:
+        raise ConversionError(f"--batch {batch} must be >= 1")
+    if seq_length is not None and seq_length < 2:
+        raise ConversionError(f"--seq-length {seq_length} must be >= 2 (the next-token loss needs two tokens)")
+
+
 @torch.no_grad()
 def verify(ar_path: str, dllm_path: str, *, batch: int = 2, seq_length: Optional[int] = None, seed: int = 1234,
            tolerance: float = 1e-5, model_config: Optional[ModelConfig] = None) -> dict:
@@ -111,6 +124,8 @@ def verify(ar_path: str, dllm_path: str, *, batch: int = 2, seq_length: Optional
     """
     from megatron_dllm.platform.distributed import init_model_parallel
 
+    check_verify_options(tolerance=tolerance, batch=batch, seq_length=seq_length)
+    check_verify_roles(ar_path, dllm_path)
     source = open_source(ar_path, model_config)
     directory, meta, dcfg = read_dllm_checkpoint(dllm_path)
     scfg = source.config
@@ -124,6 +139,10 @@ def verify(ar_path: str, dllm_path: str, *, batch: int = 2, seq_length: Optional
         raise ConversionError(f"{directory}/{DLLM_META} names no mask token")
     label_shift = bool(meta.get("label_shift", False))
     seq = seq_length or min(scfg.seq_length, 64)
+    max_positions = scfg.max_position_embeddings or scfg.seq_length
+    if seq > max_positions:
+        raise ConversionError(f"--seq-length {seq} is longer than the model's {max_positions} positions: "
+                              f"pass --seq-length {max_positions} or less")
     init_model_parallel(ParallelConfig(), seed=seed)
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, vocab, (batch, seq), generator=gen)

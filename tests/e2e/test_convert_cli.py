@@ -85,8 +85,9 @@ def test_verify_cli_reports_equal_logits(converted):
     assert report["ar_loader"] == "dist_checkpointing"
     assert abs(report["ar_next_token_ce"] - report["converted_next_token_ce"]) <= 1e-6
     assert proc.stdout.strip().splitlines()[-1].startswith("OK: max |dlogits| = ")
-    failing = tool(VERIFY, "--ar", str(ar), "--dllm", str(out), "--tolerance", "-1", "--seq-length", "8")
-    assert failing.returncode == 1 and failing.stdout.strip().splitlines()[-1].startswith("FAILED: ")
+    refused = tool(VERIFY, "--ar", str(ar), "--dllm", str(out), "--tolerance", "-1", "--seq-length", "8")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.startswith("error: --tolerance -1.0 must be a finite number >= 0")
 
 
 def test_tokenizer_mask_token_is_used(converted, tmp_path):

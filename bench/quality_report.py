@@ -39,8 +39,7 @@ def variant_rows(result: dict) -> List[str]:
             f"| peak loss, first {window} its | final train loss |" + (f" {per_seed_head} |" if per_seed_head else ""))
     lines = [head, "|---" * (10 + (len(seeds) if per_seed_head else 0)) + "|"]
     b = result["ar_baseline"]["mean"]
-    lines.append(f"| AR baseline (greedy, KV cache) | - | {_pct(b['accuracy'])} | 1.00 | - | - | 1.00x | "
-                 f"- (next-token NLL {_num(b['valid_nll'], 3)}) | - | - |"
+    lines.append(f"| AR baseline (greedy, KV cache) | - | {_pct(b['accuracy'])} | 1.00 | - | - | 1.00x | - | - | - |"
                  + "".join(f" {_pct(result['ar_baseline']['per_seed'][str(s)].get('accuracy'))} |"
                            for s in seeds if per_seed_head))
     for v in result["variants"]:
@@ -82,13 +81,16 @@ def definition_rows(result: dict) -> List[str]:
 
 
 def seconds_rows(result: dict) -> List[str]:
-    lines = ["| run | train s | NELBO s | task s |", "|---|---|---|---|"]
+    lines = ["| run | train s (CPU s) | NELBO s (CPU s) | task s (CPU s) |", "|---|---|---|---|"]
     runs = [("AR baseline", list(result["ar_baseline"]["per_seed"].values()))]
     runs += [(f"`{v['name']}`", list(v["per_seed"].values())) for v in result["variants"]]
     for name, per_seed in runs:
         def mean(key):
-            xs = [r["seconds"][key] for r in per_seed if key in r.get("seconds", {})]
-            return f"{sum(xs) / len(xs):.0f}" if xs else "-"
+            wall = [r["seconds"][key] for r in per_seed if key in r.get("seconds", {})]
+            cpu = [r["cpu_seconds"][key] for r in per_seed if key in r.get("cpu_seconds", {})]
+            if not wall:
+                return "-"
+            return f"{sum(wall) / len(wall):.0f}" + (f" ({sum(cpu) / len(cpu):.0f})" if cpu else "")
         lines.append(f"| {name} | {mean('train')} | {mean('nelbo')} | {mean('task')} |")
     return lines
 
@@ -125,7 +127,7 @@ def render(result: dict, json_path: str, markdown_path: str) -> str:
     if pics.get("note"):
         parts += [pics["note"], ""]
     parts += ["Variants (bench/quality_variants.py):", "", *definition_rows(result), "",
-              "Seconds per run (mean over seeds):", "", *seconds_rows(result)]
+              "Seconds per run, wall (CPU of its process), mean over seeds:", "", *seconds_rows(result)]
     return "\n".join(parts)
 
 

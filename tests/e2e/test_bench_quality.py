@@ -29,7 +29,7 @@ def quick(tmp_path_factory):
 
 def test_progress_names_each_stage(quick):
     _, result, stdout, _ = quick
-    total = 4 + 3 + 3 * 3
+    total = 4 + 2 + 3 * 3
     for i in range(1, total + 1):
         assert f"[quality {i}/{total}]" in stdout
     assert "llada2, seed 1234: dLLM training, 15 iterations" in stdout
@@ -70,7 +70,7 @@ def test_ar_baseline_claims_commands_and_stages(quick):
     _, result, _, _ = quick
     base = result["ar_baseline"]["per_seed"]["1234"]
     assert base["status"] == "ok" and 0.0 <= base["accuracy"] <= 1.0 and base["decode_seconds"] > 0
-    assert 0 < base["valid_nll"] < 20 and base["tokens_per_forward"] == 1.0
+    assert base["tokens_per_forward"] == 1.0 and base["seconds"]["train"] > 0
     assert 0.0 <= result["ar"]["accuracy_at_conversion"] <= 1.0
     assert [c["met"] in (True, False) for c in result["claims"]] == [True, True, True]
     assert len(result["git"]["commit"]) == 40

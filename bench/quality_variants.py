@@ -47,13 +47,13 @@ class Warmup:
 
 @dataclass(frozen=True)
 class DemoSchedule:
-    """The quickstart's schedule before issue 12: ``Plan.block_schedule`` of megatron_dllm/demo.py."""
+    """The quickstart's schedule before issue 12: ``Plan.legacy_block_schedule`` of megatron_dllm/demo.py."""
 
     def spec(self, budget: Budget) -> str:
         from megatron_dllm.demo import Plan
 
         plan = Plan(dllm_iters=budget.dllm_iters, decode_block=budget.decode_block)
-        return plan.block_schedule(budget.tokens_per_step)
+        return plan.legacy_block_schedule(budget.tokens_per_step)
 
 
 FlagValue = Union[str, Warmup, DemoSchedule]

@@ -260,3 +260,15 @@ def decode(prompt: List[int], forward: Callable, cfg: DecodeConfig, *, device="c
     result.tokens = out
     result.seconds = time.perf_counter() - start
     return result
+
+
+def block_logits(x: torch.Tensor, lo: int, total: int, forward: Callable, cfg: DecodeConfig, *,
+                 cache: Optional[DecodeCache] = None) -> torch.Tensor:
+    """[LB, V]: the logits one decoding step uses for the slots of block ``[lo, lo + LB)`` of
+    ``x [1, padded]`` (everything before ``lo`` committed), from an empty cache: what training's
+    ``[xt ; x0]`` layout computes for a noisy block whose earlier blocks are clean."""
+    if cfg.use_cache and cache is None:
+        raise ValueError("use_cache needs a DecodeCache attached to the model")
+    runner = _Runner(forward, x, cfg, total, x.shape[1], cache, x.device)
+    runner.set_block(lo, lo + cfg.block_length)
+    return runner.slot_logits(runner.call(lo + cfg.block_length))

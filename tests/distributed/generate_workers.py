@@ -57,3 +57,45 @@ def decoding_worker(rank, world_size):
             attach(model, None)
         out["ar"].append((runs[True].tokens, runs[False].tokens, runs[True].num_forward_passes))
     return out
+
+
+def training_rows_worker(rank, world_size):
+    """Max |decoding slot logits - training-layout logits| per (token_shift, clean_stream, cache)."""
+    import torch
+
+    from megatron_dllm.diffusion import alignment, masks
+    from megatron_dllm.generate.decoding import DecodeConfig, block_logits
+    from megatron_dllm.generate.kv_cache import DecodeCache, attach
+    from megatron_dllm.generate.loading import full_vocab_forward
+    from megatron_dllm.model.builder import build_model
+    from megatron_dllm.platform.distributed import init_model_parallel
+
+    parallel = ParallelConfig()
+    init_model_parallel(parallel)
+    model = build_model(get_preset("tiny-moe"), parallel, init_seed=5).eval()
+    forward = full_vocab_forward(model, 254)
+    LB, L = 8, 24                                      # decoding the third block, two clean ones before
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 254, (1, L), generator=g)
+    state = clean.clone()
+    state[0, 16:] = torch.where(torch.rand(LB, generator=g) < 0.6, MASK, clean[0, 16:])
+    state[0, 16] = MASK                                # the block's first slot is masked
+    out = {}
+    for token_shift in (False, True):
+        for clean_stream in ("block_causal", "causal"):
+            kind = "block_diffusion_causal_clean" if clean_stream == "causal" else "block_diffusion"
+            xt_x0 = torch.cat([state, clean], dim=1)   # xt: only block 2 matters to its rows
+            positions = torch.cat([torch.arange(L), torch.arange(L)])[None]
+            with torch.no_grad():
+                train = forward(xt_x0, positions, masks.dense_mask(kind, L, LB))[0]
+            rows = alignment.token_shift_rows(L, LB, two_streams=True) if token_shift else torch.arange(L)
+            expected = train[rows[16:]]
+            for use_cache in (True, False):
+                cfg = DecodeConfig(mask_id=MASK, gen_length=L - 3, block_length=LB, steps=LB,
+                                   token_shift=token_shift, clean_stream=clean_stream, use_cache=use_cache)
+                cache = DecodeCache() if use_cache else None
+                attach(model, cache)
+                got = block_logits(state, 16, L, forward, cfg, cache=cache)
+                attach(model, None)
+                out[(token_shift, clean_stream, use_cache)] = float((got - expected).abs().max())
+    return out

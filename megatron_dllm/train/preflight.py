@@ -9,6 +9,7 @@ import math
 import os
 
 from megatron_dllm.config import ConfigError, validate
+from megatron_dllm.config_ranges import check_ranges
 from megatron_dllm.diffusion.curriculum import BlockSchedule
 
 
@@ -37,6 +38,7 @@ def train_iters(run) -> int:
 def check_run(run, world_size: int) -> None:
     """Validate a RunConfig for ``world_size`` ranks."""
     m, p, d, t = run.model, run.parallel, run.diffusion, run.training
+    check_ranges(run)
     validate(m, p, world_size)
     dp = p.data_parallel_size(world_size)
     if (t.train_iters is None) == (t.train_tokens is None):

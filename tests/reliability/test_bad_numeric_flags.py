@@ -38,3 +38,50 @@ def test_plan_memory_refuses_meaningless_numbers(capsys, flags, message):
     captured = capsys.readouterr()
     assert captured.err == f"error: {message}\n"
     assert captured.out == ""
+
+
+# --- pretraining: every numeric setting has a range (megatron_dllm/config_ranges.py) --------------
+
+PRETRAIN = ["--config", os.path.join(ROOT, "examples", "configs", "tiny_moe_cpu.yaml"), "--mock-data"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lr", "-1"], "--lr -1.0 must be a finite number >= 0"),
+    (["--lr", "nan"], "--lr nan must be a finite number >= 0"),
+    (["--weight-decay", "-0.1"], "--weight-decay -0.1 must be a finite number >= 0"),
+    (["--adam-beta2", "1"], "--adam-beta2 1.0 must be a finite number >= 0 and < 1"),
+    (["--adam-eps", "0"], "--adam-eps 0.0 must be a finite number > 0"),
+    (["--hidden-dropout", "2"], "--hidden-dropout 2.0 must be a finite number >= 0 and < 1"),
+    (["--global-batch-size", "0"], "--global-batch-size 0 must be an integer >= 1"),
+    (["--eval-interval", "-1"], "--eval-interval -1 must be an integer >= 0"),
+    (["--eval-iters", "0"], "--eval-iters 0 must be an integer >= 1"),
+    (["--log-interval", "0"], "--log-interval 0 must be an integer >= 1"),
+    (["--hidden-size", "0"], "--hidden-size 0 must be an integer >= 1"),
+    (["--num-attention-heads", "0"], "--num-attention-heads 0 must be an integer >= 1"),
+    (["--moe-router-topk", "0"], "--moe-router-topk 0 must be an integer >= 1"),
+    (["--dllm-t-eps", "0"], "--dllm-t-eps 0.0 must be a finite number > 0 and < 1"),
+    (["--dllm-t-low", "0.9", "--dllm-t-high", "0.1"], "--dllm-t-low 0.9 must be below --dllm-t-high 0.1"),
+    (["--ckpt-keep-last", "-1"], "--ckpt-keep-last -1 must be an integer >= 0"),
+    (["--seed", "-1"], "--seed -1 must be an integer >= 0"),
+    (["--lr-warmup-iters", "-1"], "--lr-warmup-iters -1 must be an integer >= 0"),
+])
+def test_pretrain_refuses_meaningless_numbers(flags, message):
+    """Before: all of these were accepted by the preflight (training on with them or failing later)."""
+    from megatron_dllm.arguments import parse_args
+    from megatron_dllm.config import ConfigError
+    from megatron_dllm.train.preflight import check_run
+
+    with pytest.raises(ConfigError) as err:
+        check_run(parse_args(PRETRAIN + flags), world_size=1)
+    assert str(err.value) == message
+
+
+def test_the_example_configs_are_inside_the_ranges():
+    from megatron_dllm.arguments import parse_args
+    from megatron_dllm.config_ranges import check_ranges
+
+    folder = os.path.join(ROOT, "examples", "configs")
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".yaml"))
+    assert len(names) >= 3
+    for name in names:
+        check_ranges(parse_args(["--config", os.path.join(folder, name)]))

@@ -29,6 +29,7 @@ def atomic_directory(path: str):
     """Yield a temporary sibling of ``path`` to fill; rename it to ``path`` on success, delete on error."""
     tmp = f"{path.rstrip(os.sep)}.tmp-{os.getpid()}"
     os.makedirs(os.path.dirname(os.path.abspath(tmp)), exist_ok=True)
+    _remove_stale_siblings(path)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
@@ -45,6 +46,22 @@ def atomic_directory(path: str):
         os.close(fd)
     except OSError:
         pass
+
+
+def _remove_stale_siblings(path: str) -> None:
+    """Delete ``PATH.tmp-PID`` folders of writers that no longer run (a killed conversion or export)."""
+    base = path.rstrip(os.sep)
+    parent = os.path.dirname(os.path.abspath(base))
+    prefix = os.path.basename(base) + ".tmp-"
+    for name in os.listdir(parent):
+        if not name.startswith(prefix) or not name[len(prefix):].isdigit():
+            continue
+        try:
+            os.kill(int(name[len(prefix):]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        except OSError:
+            pass  # alive, owned by another user: leave it
 
 
 def write_text(path: str, text: str) -> None:

@@ -3,8 +3,9 @@
 * A run writes into a save folder that holds checkpoints only when it resumes from that folder
   (``--load`` = ``--save``, not ``--finetune``); a fresh run there is refused (:func:`check_save_dir`).
 * Each checkpoint records its *lineage* (``dllm_meta.json`` key ``lineage``): a fresh run starts a new
-  one, a resumed run keeps the loaded one. Saving replaces an existing ``iter_N`` only of the same
-  lineage; one of another lineage is renamed aside (``iter_N.superseded-K``), never deleted.
+  one, a resumed run keeps the loaded one. Saving over an existing ``iter_N`` first renames it aside
+  (``iter_N.superseded-K``); once the new one is in place the old one is deleted only when it is of
+  the same lineage. One of another lineage is kept.
 * Pruning (``--ckpt-keep-last``) removes only older checkpoints of the run's own lineage, and never the
   tracker's iteration nor the newest finite checkpoint (``finite: false`` in the metadata marks a
   non-finite one; a missing key means finite).
@@ -16,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from megatron_dllm.checkpoint.errors import CheckpointError
 from megatron_dllm.checkpoint.layout import (
@@ -102,23 +103,22 @@ def _lineage_of(root: str, iteration: int) -> Optional[str]:
         return None
 
 
-def make_room(root: str, iteration: int, lineage: str) -> Optional[str]:
-    """Free ``iter_N`` for a new save: delete it when it is of ``lineage``, else rename it aside.
+def make_room(root: str, iteration: int, lineage: str) -> Optional[Tuple[str, bool]]:
+    """Free ``iter_N`` for a new save by renaming an existing one aside (``iter_N.superseded-K``).
 
-    Returns the name it was moved to, or None. Called on the writing rank only.
+    Returns (the folder it was moved to, whether it may be deleted once the new checkpoint is in
+    place: only one of ``lineage``), or None when ``iter_N`` did not exist. Writing rank only.
     """
     final = checkpoint_path(root, iteration)
     if not os.path.lexists(final):
         return None
-    if _lineage_of(root, iteration) == lineage:
-        shutil.rmtree(final)
-        return None
+    ours = _lineage_of(root, iteration) == lineage
     k = 0
     while os.path.lexists(f"{final}.superseded-{k}"):
         k += 1
     aside = f"{final}.superseded-{k}"
     os.rename(final, aside)
-    return os.path.basename(aside)
+    return aside, ours
 
 
 def prune(root: str, keep_last: int, lineage: str) -> List[int]:

@@ -162,12 +162,14 @@ def save_checkpoint(
             **(extra or {}),
         }
         write_text_atomic(os.path.join(tmp, META), json.dumps(meta, indent=2, default=str))
-        # An existing iter_N of another lineage is moved aside, never deleted (save_dir.make_room).
-        save_dir.make_room(root, iteration, current_lineage())
+        # An existing iter_N is moved aside first; deleted below only if this lineage wrote it.
+        aside = save_dir.make_room(root, iteration, current_lineage())
         os.rename(tmp, final)
         fsync_dir(root)
         # The tracker moves only after the folder is complete and in place.
         write_text_atomic(os.path.join(root, TRACKER), str(iteration))
+        if aside is not None and aside[1]:
+            shutil.rmtree(aside[0], ignore_errors=True)
         save_dir.prune(root, keep_last, current_lineage())
     dist.barrier()
     return final

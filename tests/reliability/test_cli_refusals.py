@@ -75,7 +75,9 @@ def test_every_tool_refuses_a_crafted_checkpoint(clean, poisoned, tmp_path, name
     else:
         proc = tool("merge_checkpoints.py", "--inputs", path, dllm, "--save", out)
     _one_line_error(proc, "refusing to load it" if kind != "legacy" else "references posix.system")
-    assert not os.path.exists(marker) and not os.path.exists(out)
+    assert not os.path.exists(marker)
+    # no checkpoint or export written (pretrain has opened its metrics.jsonl in --save by then)
+    assert not os.path.exists(out) or os.listdir(out) == ["metrics.jsonl"]
 
 
 def test_fresh_run_into_an_existing_save_is_refused_and_nothing_is_deleted(clean, tmp_path):

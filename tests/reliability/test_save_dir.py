@@ -102,11 +102,29 @@ def test_prune_never_deletes_the_tracker_iteration_even_when_it_is_not_the_newes
     assert iterations(str(save)) == [20, 40]
 
 
-def test_saving_over_an_existing_iteration_never_deletes_another_lineage(tmp_path):
+def test_saving_over_an_existing_iteration_moves_it_aside_first(tmp_path):
     save = tmp_path / "ckpt"
     _checkpoint(save, 10, lineage="B")
-    assert save_dir.make_room(str(save), 10, "A") == "iter_0000010.superseded-0"
+    aside, ours = save_dir.make_room(str(save), 10, "A")
+    assert (os.path.basename(aside), ours) == ("iter_0000010.superseded-0", False)  # another run's: kept
     assert json.loads((save / "iter_0000010.superseded-0" / "dllm_meta.json").read_text())["lineage"] == "B"
     _checkpoint(save, 20, lineage="A")
-    assert save_dir.make_room(str(save), 20, "A") is None and not (save / "iter_0000020").exists()
+    aside, ours = save_dir.make_room(str(save), 20, "A")
+    assert (os.path.basename(aside), ours) == ("iter_0000020.superseded-0", True)   # ours: deletable
+    assert not (save / "iter_0000020").exists()
     assert save_dir.make_room(str(save), 30, "A") is None
+
+
+def test_tool_output_left_by_a_killed_writer_is_removed_on_the_next_write(tmp_path):
+    import subprocess
+
+    from megatron_dllm.checkpoint.output import atomic_directory
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "converted"
+    (tmp_path / f"converted.tmp-{dead.pid}").mkdir()      # a conversion killed with -9
+    (tmp_path / f"converted.tmp-{os.getppid()}").mkdir()  # a writer that still runs: left alone
+    with atomic_directory(str(out)) as tmp:
+        open(os.path.join(tmp, "f"), "w").close()
+    assert sorted(os.listdir(tmp_path)) == ["converted", f"converted.tmp-{os.getppid()}"]

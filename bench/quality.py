@@ -17,6 +17,11 @@ for all), and held-out addition over a threshold sweep (tools/eval_addition.py):
 per forward, decode seconds against AR greedy decoding (KV cache on both) of the AR baseline on the
 same problems.
 
+With --jobs N the trainings (and NELBO evaluations) of N runs go side by side, each process with
+CPU threads / N threads; the held-out addition of every run, the AR baseline's included, is scored
+afterwards one run at a time, so the decode seconds of all runs are measured alike. The sweep uses
+the pure threshold rule (--minimal-topk 0: no step cap), so the threshold alone sets the parallelism.
+
 A variant whose flags this checkout does not have, or whose stage fails, is recorded as failed with
 the reason; the others still run. --quick writes its results under --out/results and leaves
 BENCHMARKS.md alone unless --results / --markdown say otherwise.
@@ -33,7 +38,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -68,9 +75,11 @@ class QualityPlan:
     @classmethod
     def from_demo(cls, quick: bool, dllm_iters: Optional[int] = None) -> "QualityPlan":
         demo = Plan.quick() if quick else Plan()
-        # the sweep must hold 0.9 (the reference setting); the demo's quick sweep does not
+        # the sweep must hold 0.9 (the reference setting); the demo's quick sweep does not. --quick
+        # trains 6 dLLM iterations: its cost is mostly process start-up, 14 processes of ~6 CPU s each
         thresholds = (1.0, 0.9, 0.1) if quick else tuple(demo.thresholds)
-        return cls(ar_iters=demo.ar_iters, dllm_iters=dllm_iters or demo.dllm_iters, text_chars=demo.text_chars,
+        dllm_iters = dllm_iters or (6 if quick else demo.dllm_iters)
+        return cls(ar_iters=demo.ar_iters, dllm_iters=dllm_iters, text_chars=demo.text_chars,
                    addition_docs=demo.addition_docs, num_test=demo.num_test, eval_iters=demo.eval_iters,
                    thresholds=thresholds, decode_block=demo.decode_block)
 
@@ -161,10 +170,13 @@ def known_flags() -> set:
 class Ablation:
     """One run of the ablation: the shared stages, then the AR baseline and the variants per seed."""
 
-    def __init__(self, out_dir: str, plan: QualityPlan, variants: Sequence[qv.Variant], seeds: Sequence[int]):
+    def __init__(self, out_dir: str, plan: QualityPlan, variants: Sequence[qv.Variant], seeds: Sequence[int],
+                 jobs: int = 1):
         import yaml
 
         self.out, self.plan, self.variants, self.seeds = out_dir, plan, list(variants), list(seeds)
+        self.jobs = jobs
+        self._lock = threading.Lock()
         with open(CONFIG) as handle:
             base = yaml.safe_load(handle)
         self.seq_len, self.batch = int(base["seq-length"]), int(base["global-batch-size"])
@@ -173,6 +185,8 @@ class Ablation:
                                 plan.decode_block)
         per_seed = 2 + 3 * len(self.variants)
         self.runner = ProgressRunner(out_dir, total=4 + per_seed * len(self.seeds))
+        if jobs > 1:  # side-by-side trainings share the cores instead of oversubscribing them
+            self.runner.env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
         self.stamps = Stamps(out_dir)
         self.py = sys.executable
         self.flags = known_flags()
@@ -263,7 +277,8 @@ class Ablation:
             return self.runner.run(name, cmd)
         finally:
             out.setdefault("seconds", {})[key] = round(time.time() - start, 1)
-            out.setdefault("cpu_seconds", {})[key] = self.runner.stages[-1]["cpu_seconds"]
+            mine = [st for st in self.runner.stages if st["name"] == name]  # other jobs append too
+            out.setdefault("cpu_seconds", {})[key] = mine[-1]["cpu_seconds"] if mine else None
 
     def ar_baseline(self, seed: int) -> dict:
         p, r = self.plan, self.runner
@@ -277,6 +292,17 @@ class Ablation:
                 *self._continued(p.dllm_iters), *flags, "--seed", str(seed), "--load", self.ar_dir,
                 "--finetune", "--save", run_dir], out, "train")
             out["flags"] = flags
+            out["status"] = "trained"
+        except StageError as exc:
+            out["error"] = str(exc)
+            print(f"  AR baseline seed {seed} failed: {str(exc).splitlines()[0]}", flush=True)
+        return out
+
+    def ar_baseline_task(self, seed: int, out: dict) -> dict:
+        r, run_dir = self.runner, out["checkpoint"]
+        if out["status"] != "trained":
+            return out
+        try:
             r.stage(f"AR baseline, seed {seed}: held-out addition, greedy with KV cache")
             lines = self._timed(f"ar_baseline_s{seed}_task", [
                 self.py, TOOL("eval_addition.py"), "--load", run_dir, "--tokenizer-model",
@@ -298,7 +324,8 @@ class Ablation:
         names = qv.flag_names(variant.resolved_flags(self.budget)) + qv.flag_names(variant.eval_flags)
         return sorted({n for n in names if n not in self.flags})
 
-    def variant(self, variant: qv.Variant, seed: int, ar_decode_seconds: Optional[float]) -> dict:
+    def variant(self, variant: qv.Variant, seed: int) -> dict:
+        """Training and validation NELBO of one variant (status "trained" when both ran)."""
         p, r = self.plan, self.runner
         name = f"{variant.name}_s{seed}"
         iters = p.dllm_iters if variant.init == "converted" else p.ar_iters + p.dllm_iters
@@ -327,19 +354,34 @@ class Ablation:
 
             stage = "nelbo"
             r.stage(f"{variant.name}, seed {seed}: validation NELBO (block {p.decode_block})")
+            # the BD objective with a fixed block: the layout a causal clean stream needs, the same for all
+            block = str(p.decode_block)
             lines = self._timed(f"{name}_nelbo", [
-                self.py, TOOL("evaluate.py"), *self.common, *variant.eval_flags, "--eval-iters", str(p.eval_iters),
-                "--eval-block-size", str(p.decode_block), "--load", run_dir], out, "nelbo")
+                self.py, TOOL("evaluate.py"), *self.common, "--dllm-objective", "bd", "--dllm-block-schedule",
+                f"stable:{block}@inf", *variant.eval_flags, "--eval-iters", str(p.eval_iters),
+                "--eval-block-size", block, "--load", run_dir], out, "nelbo")
             nelbo = _json_lines(lines)[-1]
             out.update(valid_nelbo=nelbo["nelbo"], valid_nelbo_standard_error=nelbo["standard_error"])
+            out["status"] = "trained"
+        except StageError as exc:
+            out.update(stage=stage, error=str(exc))
+            print(f"  {variant.name} seed {seed} failed at {stage}: {str(exc).splitlines()[0]}", flush=True)
+        return out
 
-            stage = "task"
+    def variant_task(self, variant: qv.Variant, seed: int, out: dict, ar_decode_seconds: Optional[float]) -> dict:
+        """Held-out addition over the threshold sweep of a trained variant (one run at a time)."""
+        p, r = self.plan, self.runner
+        name, run_dir, stage = f"{variant.name}_s{seed}", out.get("checkpoint"), "task"
+        if out["status"] != "trained":
+            return out
+        try:
             r.stage(f"{variant.name}, seed {seed}: held-out addition, thresholds "
                     f"{' '.join(map(str, p.thresholds))}")
             lines = self._timed(f"{name}_task", [
                 self.py, TOOL("eval_addition.py"), "--load", run_dir, "--tokenizer-model",
                 self.data.tokenizer_model, *self.task_flags, "--block-length", str(p.decode_block),
-                "--threshold", *map(str, p.thresholds), "--examples", "3", "--device", "cpu"], out, "task")
+                "--threshold", *map(str, p.thresholds), "--minimal-topk", "0", "--examples", "3",
+                "--device", "cpu"], out, "task")
             records = [x for x in _json_lines(lines) if "threshold" in x]
             out["sweep"] = qm.sweep_rows(records, ar_decode_seconds)
             out["best"], out["at_0_9"] = qm.best_row(out["sweep"]), qm.row_at(out["sweep"], qm.REFERENCE_THRESHOLD)
@@ -365,10 +407,26 @@ class Ablation:
                              "init": v.init, "eval_flags": list(v.eval_flags), "per_seed": {}}
                     for v in self.variants}
         for seed in self.seeds:
-            baseline[str(seed)] = self.ar_baseline(seed)
+            def train(job):
+                key = str(seed)
+                result = self.ar_baseline(seed) if job is None else self.variant(job, seed)
+                with self._lock:
+                    if job is None:
+                        baseline[key] = result
+                    else:
+                        variants[job.name]["per_seed"][key] = result
+                    self._write_partial(ar, baseline, variants)
+
+            with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+                # longest first (from scratch: AR + dLLM iterations), so side-by-side jobs end together
+                order = sorted(self.variants, key=lambda v: v.init == "converted")
+                list(pool.map(train, [*order[:1], None, *order[1:]]))
+            # scoring, one run at a time: decode seconds measured alike for all runs
+            baseline[str(seed)] = self.ar_baseline_task(seed, baseline[str(seed)])
             ar_seconds = baseline[str(seed)].get("decode_seconds")
             for v in self.variants:
-                variants[v.name]["per_seed"][str(seed)] = self.variant(v, seed, ar_seconds)
+                runs = variants[v.name]["per_seed"]
+                runs[str(seed)] = self.variant_task(v, seed, runs[str(seed)], ar_seconds)
                 self._write_partial(ar, baseline, variants)
         for entry in variants.values():
             runs = entry["per_seed"].values()
@@ -420,8 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{','.join(qv.QUICK_VARIANTS)} (the test suite)")
     p.add_argument("--variants", help="comma-separated subset of: " + ",".join(v.name for v in qv.VARIANTS))
     p.add_argument("--seeds", default="1234", help="training seeds, comma-separated (default 1234)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings side by side (default 1; 2 on 2 idle "
+                   "cores halves the wall time); addition scoring stays one at a time")
     p.add_argument("--dllm-iters", type=int, default=None, help="dLLM iterations per variant (default: the "
-                   "demo's, 300; --quick 15)")
+                   "demo's, 300; --quick 6)")
     p.add_argument("--out", default=None, help="work directory; the data, AR and converted checkpoints "
                    "there are reused while their settings are unchanged (default runs/quality, "
                    "--quick runs/quality_quick)")
@@ -442,6 +502,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             (list(qv.QUICK_VARIANTS) if args.quick else [v.name for v in qv.VARIANTS])
         variants = qv.by_name([n.strip() for n in names if n.strip()])
         seeds = parse_seeds(args.seeds)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs {args.jobs}: must be at least 1")
         if args.dllm_iters is not None and args.dllm_iters < 1:
             raise ValueError(f"--dllm-iters {args.dllm_iters}: must be at least 1")
     except ValueError as exc:
@@ -458,7 +520,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     command = "python bench/quality.py" + ("" if not argv else " " + " ".join(shlex.quote(a) for a in argv))
     print(f"quality ablation: {len(variants)} variant(s) x {len(seeds)} seed(s), {plan.dllm_iters} dLLM "
           f"iterations each; work directory {out}", flush=True)
-    ablation = Ablation(out, plan, variants, seeds)
+    ablation = Ablation(out, plan, variants, seeds, jobs=args.jobs)
     try:
         result = ablation.run(command)
     except StageError as exc:

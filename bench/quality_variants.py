@@ -6,8 +6,10 @@ warm-up of iterations / 30 down to --min-lr). Later flags win, so a variant is w
 variant's flags plus what it changes. A flag value may be a schedule object below instead of a string:
 it is turned into a `--dllm-block-schedule` spec from the run's token budget when the run starts.
 
-``eval_flags`` go to tools/evaluate.py as well (the flags that change what the model predicts, so the
-NELBO is measured with the rule the model was trained with). ``init`` is ``"converted"`` (start from
+``eval_flags`` go to tools/evaluate.py as well: the flags that change what the model predicts from
+what (token shift, causal clean stream), so the NELBO is measured with the rule the model was trained
+with. evaluate.py takes them from its flags, not from the checkpoint: a shift left out there changes
+the NELBO (a no-shift model evaluated with --dllm-token-shift: 5.23 instead of 3.03 nats). ``init`` is ``"converted"`` (start from
 the converted AR checkpoint) or ``"scratch"`` (random weights, trained for the AR + dLLM iterations of
 the converted run).
 """
@@ -105,6 +107,9 @@ VARIANTS: Tuple[Variant, ...] = (
     Variant("scratch", "from scratch: the default flags for the AR + dLLM iterations of the converted run", True,
             LLADA2, init="scratch"),
 )
+
+# Training flags that change the prediction rule; a variant using one must pass it to evaluate.py too.
+PREDICTION_RULE_FLAGS = ("--dllm-token-shift", "--dllm-clean-stream-causal", "--dllm-label-shift")
 
 # --quick: enough variants for both claims.
 QUICK_VARIANTS = ("llada2", "warmup_none", "scratch")

@@ -32,8 +32,8 @@ def test_progress_names_each_stage(quick):
     total = 4 + 2 + 3 * 3
     for i in range(1, total + 1):
         assert f"[quality {i}/{total}]" in stdout
-    assert "llada2, seed 1234: dLLM training, 15 iterations" in stdout
-    assert "scratch, seed 1234: dLLM training, 27 iterations (from scratch)" in stdout
+    assert "llada2, seed 1234: dLLM training, 6 iterations" in stdout
+    assert "scratch, seed 1234: dLLM training, 18 iterations (from scratch)" in stdout
 
 
 def test_every_variant_has_its_numbers_in_range(quick):
@@ -58,7 +58,7 @@ def test_every_variant_has_its_numbers_in_range(quick):
         assert "--log-interval 1 " in run["commands"]["train"] and "--seed 1234" in run["commands"]["train"]
         assert v["mean"]["best"]["accuracy"] == run["best"]["accuracy"]
     by_name = {v["name"]: v for v in result["variants"]}
-    assert by_name["scratch"]["per_seed"]["1234"]["iterations"] == 12 + 15
+    assert by_name["scratch"]["per_seed"]["1234"]["iterations"] == 12 + 6
     assert "--load" not in by_name["scratch"]["flags"]
     assert by_name["warmup_none"]["flags"][:2] == ["--dllm-block-schedule", "stable:8@inf"]
     # the abrupt switch trains at block 8 from the first step, the warm-up starts at block 1

@@ -55,6 +55,13 @@ def test_variants_override_only_what_they_change():
     assert [v.name for v in qv.VARIANTS if v.init == "scratch"] == ["scratch"]
 
 
+def test_every_prediction_rule_flag_also_reaches_the_nelbo_evaluation():
+    for v in qv.VARIANTS:
+        used = [f for f in v.resolved_flags(BUDGET) if f in qv.PREDICTION_RULE_FLAGS]
+        assert sorted(used) == sorted(v.eval_flags), v.name
+    assert qv.by_name(["token_shift"])[0].eval_flags == ("--dllm-token-shift",)
+
+
 def test_unknown_variant_names_are_listed():
     with pytest.raises(ValueError, match=r"unknown variant\(s\) nope; choose from llada2, token_shift"):
         qv.by_name(["llada2", "nope"])
@@ -178,7 +185,7 @@ def test_quick_plan_sweeps_through_0_9_and_seeds_are_checked():
     import quality
 
     plan = quality.QualityPlan.from_demo(quick=True)
-    assert 0.9 in plan.thresholds and plan.dllm_iters == 15
+    assert 0.9 in plan.thresholds and plan.dllm_iters == 6
     assert quality.QualityPlan.from_demo(quick=False).dllm_iters == quality.Plan().dllm_iters
     assert quality.parse_seeds("1234, 4321") == [1234, 4321]
     with pytest.raises(ValueError, match="expected comma-separated integers"):

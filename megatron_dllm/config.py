@@ -168,6 +168,24 @@ class DiffusionConfig:
     label_shift: bool = _f(
         False, "Keep AR alignment: the logit at i predicts token i+1 (Dream style).",
         flag="--dllm-label-shift")
+    token_shift: bool = _f(
+        False, "Token shift inside block diffusion (Fast-dLLM v2, I-DLM): the masked token at i is "
+        "predicted from the output at i-1, the first token of a block from the last clean token of "
+        "the previous block (x0 stream). Keeps the AR model's next-token head; block size 1 is "
+        "exactly AR training. Not served by LLaDA2 samplers (SGLang, dInfer); written into every "
+        "checkpoint and honoured by generation, export and verification.", flag="--dllm-token-shift")
+    clean_stream_causal: bool = _f(
+        False, "The clean half x0 of [xt ; x0] attends strictly causally (Efficient-DLM, I-DLM) "
+        "instead of block-causally; the model then also decodes as AR. Block-diffusion phases only.",
+        flag="--dllm-clean-stream-causal")
+    ar_loss_weight: float = _f(
+        0.0, "Weight of a next-token loss on the causal clean stream (reference: 0.3); summed over "
+        "the clean tokens and divided by the diffusion loss's normaliser. Needs "
+        "--dllm-clean-stream-causal.", flag="--dllm-ar-loss-weight")
+    complementary_masking: bool = _f(
+        False, "Every sample of a micro-batch appears twice, with a mask and its complement "
+        "(t -> 1 - t), so each token is noised in exactly one copy. Doubles the rows of a step: "
+        "halve --global-batch-size to keep the compute.", flag="--dllm-complementary-masking")
     t_eps: float = _f(1e-3, "t ~ U[eps, 1].", flag="--dllm-t-eps")
     t_low: Optional[float] = _f(None, "Lower end of a t band (SFT: 0.3).", flag="--dllm-t-low")
     t_high: Optional[float] = _f(None, "Upper end of a t band (SFT: 0.8).", flag="--dllm-t-high")

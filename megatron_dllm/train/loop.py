@@ -115,6 +115,8 @@ def step_context(setup: Setup, layout: str, block: int, iteration: int, eval_t=N
         layout=layout, seq_length=run.model.seq_length, block_size=block, iteration=iteration,
         seed=run.training.seed, noise=noise, mask_token_id=setup.mask_token_id,
         loss_weight=d.loss_weight, loss_norm=d.loss_norm, label_shift=d.label_shift,
+        token_shift=d.token_shift, clean_stream_causal=d.clean_stream_causal,
+        ar_loss_weight=d.ar_loss_weight, complementary=d.complementary_masking,
         attention_backend=resolve_backend(d.attention_backend, setup.device), device=setup.device,
         num_buckets=d.t_buckets, eval_t=eval_t, embedding_noise=hook,
     )
@@ -153,11 +155,14 @@ def run_step(setup: Setup, layout: str, block: int) -> dict:
     L = run.model.seq_length
     reports = forward_backward(
         make_forward_step(ctx), batches, setup.model, setup.optimizer,
-        num_microbatches=len(batches), seq_length=2 * L if layout == "bd" else L, micro_batch_size=mbs,
+        num_microbatches=len(batches), seq_length=2 * L if layout == "bd" else L,
+        micro_batch_size=mbs * (2 if ctx.complementary and layout != "ar" else 1),  # rows doubled
     )
     keys = ["loss_sum", "num_tokens", "num_noised", "correct"]
     if layout != "ar":
         keys += [f"bucket{k}_{kind}" for k in range(run.diffusion.t_buckets) for kind in ("loss_sum", "count")]
+    if layout == "bd" and ctx.ar_loss_weight > 0:
+        keys += ["ar_loss_sum", "ar_tokens"]
     # The step's one host sync (for logging), taken before the update so a NaN loss updates nothing.
     totals = reduce_reports(reports, keys=tuple(keys))
     grad_norm, updated = None, False
@@ -199,7 +204,9 @@ def save(setup: Setup) -> None:
         run_config=run.to_dict(), keep_last=run.checkpoint.keep_last,
         extra={"finite": True, "mask_token_id": setup.mask_token_id, "eod_id": setup.eod_id,
                "objective": run.diffusion.objective,
-               "label_shift": run.diffusion.label_shift},
+               "label_shift": run.diffusion.label_shift,
+               "token_shift": run.diffusion.token_shift,
+               "clean_stream": "causal" if run.diffusion.clean_stream_causal else "block_causal"},
     )
     setup.logger.info(f"saved checkpoint at iteration {state.iteration} to {run.checkpoint.save}")
 
@@ -218,6 +225,8 @@ def _log(setup: Setup, step: dict, layout: str, block: int, phase: str, elapsed:
     }
     scalars = {"loss": loss, "lr": lr, "grad_norm": step["grad_norm"], "masked_acc": acc,
                "block_size": block, "tokens_per_s": G * L / elapsed, f"loss_{phase}": loss}
+    if totals.get("ar_tokens"):
+        metrics["ar_loss"] = scalars["ar_loss"] = totals["ar_loss_sum"] / totals["ar_tokens"]
     for k in range(run.diffusion.t_buckets if layout != "ar" else 0):
         count = totals.get(f"bucket{k}_count", 0.0)
         if count:

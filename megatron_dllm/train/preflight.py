@@ -63,6 +63,7 @@ def check_run(run, world_size: int) -> None:
         raise ConfigError("give both --dllm-t-low and --dllm-t-high, or neither")
     if d.embedding_noise_std < 0 or d.embedding_noise_iters < 0:
         raise ConfigError("--dllm-embedding-noise-std and --dllm-embedding-noise-iters must be >= 0")
+    _check_alignment(d)
     if d.attention_backend == "flex" and t.device == "cpu":
         raise ConfigError("--dllm-attention-backend flex cannot train on CPU (no backward): use sdpa")
     data = run.data
@@ -87,6 +88,23 @@ def check_run(run, world_size: int) -> None:
         raise ConfigError("--skip-nonfinite-iters must be >= 0 (0: stop at the first NaN / Inf)")
     if t.exit_interval is not None and t.exit_interval < 1:
         raise ConfigError("--exit-interval must be >= 1 (leave it out to run to the end)")
+
+
+def _check_alignment(d) -> None:
+    """The label / stream variants of issue-12 style ablations combine only in meaningful ways."""
+    if d.token_shift and d.label_shift:
+        raise ConfigError("--dllm-token-shift and --dllm-label-shift are two shifts: pick one")
+    if d.ar_loss_weight < 0:
+        raise ConfigError("--dllm-ar-loss-weight must be >= 0")
+    if d.ar_loss_weight > 0 and not d.clean_stream_causal:
+        raise ConfigError("--dllm-ar-loss-weight needs --dllm-clean-stream-causal (a block-causal clean "
+                          "stream sees the next token, so a next-token loss on it is trivial)")
+    if d.objective == "ar" and (d.token_shift or d.clean_stream_causal or d.complementary_masking):
+        raise ConfigError("--dllm-token-shift / --dllm-clean-stream-causal / --dllm-complementary-masking "
+                          "are dLLM options: use them with --dllm-objective bd or mdlm")
+    if d.objective == "mdlm" and d.clean_stream_causal:
+        raise ConfigError("--dllm-clean-stream-causal needs the block-diffusion layout: use "
+                          "--dllm-objective bd (the MDLM layout has no clean stream)")
 
 
 def check_checkpoint_config(run) -> None:

@@ -34,13 +34,17 @@ def test_summary_has_the_quickstart_fields(demo):
     out, summary, _ = demo
     assert isinstance(summary["ar_final_loss"], float)
     phases = summary["dllm_phases"]
-    assert [p["phase"] for p in phases][0] == "warmup" and phases[-1]["phase"] == "decay"
-    assert "stable" in {p["phase"] for p in phases}
-    assert phases[0]["block_size"] == 1 and phases[-1]["block_size"] == 8
+    assert [(p["phase"], p["block_size"]) for p in phases] == [("warmup", 1), ("warmup", 4), ("stable", 8)]
+    assert phases[0]["iterations"] == phases[1]["iterations"] == 2  # a third of 15, split over 1 and 4
     assert sum(p["iterations"] for p in phases) == 15
     acc = summary["synthetic_task_accuracy"]
     assert 0.0 <= acc["dllm"] <= 1.0 and 0.0 <= acc["ar_baseline"] <= 1.0 and acc["problems"] == 20
     assert 0.0 <= acc["ar_at_conversion"] <= 1.0 and acc["ar_baseline_iterations"] == 12 + 15
+    assert acc["dllm_decode_seconds"] > 0 and acc["ar_decode_seconds"] > 0
+    assert acc["dllm_model_calls_per_problem"] >= 1 and 1 <= acc["ar_model_calls_per_problem"] <= 4
+    best = summary["best_variant"]
+    assert best["flags"] == ["--dllm-token-shift"] and not best["llada2_compatible"]
+    assert 0.0 <= best["accuracy"] <= 1.0 and best["decode_seconds"] > 0
     assert len(summary["samples"]) == 3
     for sample in summary["samples"]:
         assert set(sample) == {"prompt", "text", "tokens_per_forward"} and sample["tokens_per_forward"] >= 1.0

@@ -4,7 +4,7 @@
     python tools/convert_ar_to_dllm.py --load AR_DIR --save OUT_DIR \\
         [--target-tensor-model-parallel-size N --target-pipeline-model-parallel-size N \\
          --target-expert-model-parallel-size N] [--mask-token-id ID | --add-mask-token] \\
-        [--mask-embedding-init mean|zero|copy:ID] [--tokenizer-model PATH] [--label-shift]
+        [--mask-embedding-init mean|zero|copy:ID] [--tokenizer-model PATH] [--label-shift | --token-shift]
 
 AR_DIR: a Megatron ``--save`` directory (torch_dist or legacy ``--ckpt-format torch``, any TP / PP /
 EP, experts sequential or grouped) or one of its iteration directories. OUT_DIR must not exist; it
@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-shift", action="store_true",
                    help="Record AR-aligned labels (logit i predicts token i+1, Dream style); default: LLaDA2.0's "
                         "same-position labels.")
+    p.add_argument("--token-shift", action="store_true",
+                   help="Record the token shift inside block diffusion (position i predicted from the output "
+                        "at i-1; train with --dllm-token-shift): keeps the AR head's alignment, not served "
+                        "by LLaDA2 samplers.")
     p.add_argument("--max-file-gb", type=float, default=8.0, help="Size of each output data file.")
     p.add_argument("--quiet", action="store_true", help="No progress bar.")
     return p
@@ -68,7 +72,8 @@ def main(argv=None) -> int:
         target_expert_parallel=args.target_expert_model_parallel_size,
         mask_token_id=args.mask_token_id, add_mask_token=args.add_mask_token,
         mask_embedding_init=args.mask_embedding_init, tokenizer_model=args.tokenizer_model,
-        model_config=args.model_config, label_shift=args.label_shift, max_file_gb=args.max_file_gb)
+        model_config=args.model_config, label_shift=args.label_shift,
+        token_shift=args.token_shift, max_file_gb=args.max_file_gb)
     try:
         prepared = prepare(request)
     except (ConversionError, OSError) as exc:

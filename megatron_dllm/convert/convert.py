@@ -45,6 +45,7 @@ class ConvertRequest:
     tokenizer_model: Optional[str] = None
     model_config: Optional[str] = None
     label_shift: bool = False
+    token_shift: bool = False
     max_file_gb: float = 8.0
 
 
@@ -64,6 +65,8 @@ def prepare(request: ConvertRequest) -> PreparedConversion:
     if not (math.isfinite(request.max_file_gb) and request.max_file_gb > 0):
         raise ConversionError(f"--max-file-gb {request.max_file_gb} must be a positive number of GiB "
                               "(the size of each output data file), e.g. --max-file-gb 8")
+    if request.label_shift and request.token_shift:
+        raise ConversionError("--label-shift and --token-shift are two shifts: pick one")
     override = None
     if request.model_config:
         from megatron_dllm.config_io import load_model_config
@@ -115,7 +118,8 @@ def _run_config(prepared: PreparedConversion) -> dict:
 
     run = RunConfig(model=prepared.model, parallel=prepared.parallel,
                     diffusion=DiffusionConfig(mask_token_id=prepared.plan.mask_token_id, objective="mdlm",
-                                              label_shift=prepared.request.label_shift))
+                                              label_shift=prepared.request.label_shift,
+                                              token_shift=prepared.request.token_shift))
     return run.to_dict()
 
 
@@ -133,6 +137,7 @@ def _meta(prepared: PreparedConversion, dropped) -> dict:
         "mask_token_id": prepared.plan.mask_token_id,
         "objective": "mdlm",
         "label_shift": prepared.request.label_shift,
+        "token_shift": prepared.request.token_shift,
         "conversion": {
             "tool": "megatron_dllm.convert (tools/convert_ar_to_dllm.py)",
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -207,4 +212,6 @@ def resume_flags(prepared: PreparedConversion) -> str:
         flags.append("--sequence-parallel")
     if prepared.request.label_shift:
         flags.append("--dllm-label-shift")
+    if prepared.request.token_shift:
+        flags.append("--dllm-token-shift")
     return " ".join(flags)

@@ -137,7 +137,10 @@ def verify(ar_path: str, dllm_path: str, *, batch: int = 2, seq_length: Optional
     mask_id = recorded_mask_token_id(meta)
     if mask_id is None:
         raise ConversionError(f"{directory}/{DLLM_META} names no mask token")
-    label_shift = bool(meta.get("label_shift", False))
+    # both shifts read the prediction of position i from the output at i - 1 in one stream
+    label_shift = bool(meta.get("label_shift", False)) or bool(meta.get("token_shift", False))
+    alignment = ("token_shift" if meta.get("token_shift") else "label_shift" if meta.get("label_shift")
+                 else "same_position")
     seq = seq_length or min(scfg.seq_length, 64)
     max_positions = scfg.max_position_embeddings or scfg.seq_length
     if seq > max_positions:
@@ -194,6 +197,7 @@ def verify(ar_path: str, dllm_path: str, *, batch: int = 2, seq_length: Optional
         "ar_next_token_ce": _next_token_ce(ar_logits, tokens, vocab),
         "converted_next_token_ce": _next_token_ce(causal_logits, tokens, vocab),
         "dllm_masked_ce": masked_ce, "dllm_masked_tokens": int(noise.sum()), "mask_token_id": int(mask_id),
+        "alignment": alignment,
         "dllm_logits_finite": finite, "tolerance": tolerance,
         "ok": bool(worst <= tolerance and finite),
     }

@@ -225,3 +225,26 @@ def test_export_bad_input(exported, tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
         assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_token_shift_conversion_is_recorded_and_verified_with_its_alignment(converted, tmp_path):
+    _, ar, same, _, _ = converted
+    out = tmp_path / "shifted"
+    proc = tool(CONVERT, "--load", str(ar), "--save", str(out), "--mask-token-id", "255", "--token-shift")
+    assert proc.returncode == 0, proc.stderr
+    assert "--dllm-token-shift" in proc.stdout  # the resume hint carries the training flag
+    meta = json.load(open(out / "iter_0000000" / "dllm_meta.json"))
+    assert meta["token_shift"] is True and meta["label_shift"] is False
+    assert meta["run"]["diffusion"]["token_shift"] is True
+    reports = {}
+    for name, path in (("same", same), ("shift", out)):
+        run = tool(VERIFY, "--ar", str(ar), "--dllm", str(path), "--seq-length", "16")
+        assert run.returncode == 0, run.stderr
+        reports[name] = json.loads(run.stdout[: run.stdout.rindex("}") + 1])
+    assert reports["shift"]["alignment"] == "token_shift" and reports["same"]["alignment"] == "same_position"
+    assert reports["shift"]["max_abs_dlogits"] <= 1e-5  # the causal run is the AR model either way
+    assert reports["shift"]["dllm_masked_ce"] != reports["same"]["dllm_masked_ce"]  # read at i - 1
+    both = tool(CONVERT, "--load", str(ar), "--save", str(tmp_path / "both"), "--mask-token-id", "255",
+                "--token-shift", "--label-shift")
+    assert both.returncode == 2 and "two shifts: pick one" in both.stderr
+    assert not (tmp_path / "both").exists()

@@ -89,8 +89,10 @@ class Runner:
         self.out_dir, self.total, self.index = out_dir, total, 0
         self.logs = os.path.join(out_dir, "logs")
         os.makedirs(self.logs, exist_ok=True)
+        # one CPU thread per stage: float reductions, and so the trained models and every number of
+        # the summary, are then the same on any machine (and equal bench/quality.py's runs)
         self.env = dict(os.environ, PYTHONWARNINGS="ignore::FutureWarning,ignore::DeprecationWarning",
-                        TORCHDYNAMO_DISABLE="1")
+                        TORCHDYNAMO_DISABLE="1", OMP_NUM_THREADS="1")
 
     def stage(self, title: str) -> None:
         self.index += 1

@@ -173,7 +173,7 @@ def test_a_variant_with_a_flag_this_checkout_lacks_is_recorded_and_skipped(tmp_p
     bad = qv.Variant("future", "d", False, (*qv.LLADA2, "--dllm-no-such-flag"), eval_flags=("--dllm-other",))
     ablation = quality.Ablation(str(tmp_path), plan, [good, bad], [1234])
     assert ablation.missing_flags(good) == []
-    out = ablation.variant(bad, 1234, None)
+    out = ablation.variant(bad, 1234)
     assert out["status"] == "failed" and out["stage"] == "flags"
     assert out["error"] == ("--dllm-no-such-flag, --dllm-other: not a megatron_dllm.pretrain flag in this "
                             "checkout (not implemented yet?); variant skipped")

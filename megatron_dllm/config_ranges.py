@@ -22,7 +22,6 @@ AT_LEAST_1: Range = (1, None, False, False)
 AT_LEAST_0: Range = (0, None, False, False)
 POSITIVE: Range = (0, None, True, False)
 PROBABILITY: Range = (0, 1, False, True)     # [0, 1): dropout, Adam betas
-FRACTION: Range = (0, 1, False, False)       # [0, 1]
 
 RANGES: Dict[Tuple[str, str], Range] = {
     ("model", "num_layers"): AT_LEAST_1,
@@ -53,8 +52,8 @@ RANGES: Dict[Tuple[str, str], Range] = {
     ("model", "moe_shared_expert_intermediate_size"): AT_LEAST_1,
     ("diffusion", "mask_token_id"): AT_LEAST_0,
     ("diffusion", "t_eps"): (0, 1, True, True),
-    ("diffusion", "t_low"): FRACTION,
-    ("diffusion", "t_high"): FRACTION,
+    ("diffusion", "t_low"): (0, 1, True, False),     # the band of NoiseConfig: 0 < low <= high <= 1
+    ("diffusion", "t_high"): (0, 1, True, False),
     ("diffusion", "t_buckets"): AT_LEAST_1,
     ("diffusion", "eval_t_points"): AT_LEAST_1,
     ("training", "global_batch_size"): AT_LEAST_1,
@@ -119,5 +118,5 @@ def check_ranges(run) -> None:
             kind = "an integer" if _is_integer(type(config), name) else "a finite number"
             raise ConfigError(f"{_flag(type(config), name)} {value} must be {kind} {_describe(rng)}")
     d = run.diffusion
-    if d.t_low is not None and d.t_high is not None and not d.t_low < d.t_high:
-        raise ConfigError(f"--dllm-t-low {d.t_low} must be below --dllm-t-high {d.t_high}")
+    if d.t_low is not None and d.t_high is not None and d.t_low > d.t_high:
+        raise ConfigError(f"--dllm-t-low {d.t_low} must not exceed --dllm-t-high {d.t_high}")

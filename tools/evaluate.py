@@ -12,7 +12,9 @@ Takes the pretraining flags (data, batch, --dllm-*) plus:
         --tokenizer-model runs/demo/data/tokenizer.model
 Prints one JSON object: nelbo (nats/token), bits_per_token, standard_error, batches, block_size, layout
 (always valid JSON: a non-finite number is written as null, with an error and exit 2). A checkpoint with
-NaN / Inf weights is refused: one-line error, exit 2, no JSON.
+NaN / Inf weights is refused: one-line error, exit 2, no JSON. The prediction rule (token shift, label
+shift, causal clean stream) is the one the checkpoint records; a --dllm-* flag that contradicts it is
+refused.
 """
 
 from __future__ import annotations
@@ -24,6 +26,27 @@ import sys
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _recorded_alignment(run, iteration):
+    """The run's DiffusionConfig with the prediction rule the checkpoint records (token shift, label
+    shift, causal clean stream in a BD layout); a flag that contradicts the checkpoint is refused."""
+    import dataclasses
+
+    from megatron_dllm.checkpoint.layout import read_meta, recorded_label_mode
+    from megatron_dllm.config import ConfigError
+
+    d, mode = run.diffusion, recorded_label_mode(read_meta(run.checkpoint.load, iteration))
+    for flag, given, recorded in (("--dllm-token-shift", d.token_shift, mode["token_shift"]),
+                                  ("--dllm-label-shift", d.label_shift, mode["label_shift"]),
+                                  ("--dllm-clean-stream-causal", d.clean_stream_causal,
+                                   mode["clean_stream"] == "causal")):
+        if given and not recorded:
+            raise ConfigError(f"{flag}: the checkpoint was trained without it (its predictions would be read "
+                              "from the wrong rows): drop the flag")
+    causal = mode["clean_stream"] == "causal" and d.objective == "bd"  # MDLM has no clean stream
+    return dataclasses.replace(d, token_shift=mode["token_shift"], label_shift=mode["label_shift"],
+                               clean_stream_causal=causal, ar_loss_weight=0.0)
 
 
 def main(argv=None) -> int:
@@ -71,6 +94,7 @@ def main(argv=None) -> int:
 
         if latest_iteration(run.checkpoint.load) is None:
             raise ConfigError(f"--load {run.checkpoint.load}: no checkpoint found")
+        run.diffusion = _recorded_alignment(run, latest_iteration(run.checkpoint.load))
         check_run(run, dist.get_world_size())
         setup = setup_run(run, device)
         index = {"train": 0, "valid": 1, "test": 2}[args.eval_split]

@@ -93,3 +93,19 @@ def test_evaluate_is_the_training_validation(checkpoint):
     several = _evaluate(checkpoint, "--eval-iters", "3")
     assert several["layout"] == "mdlm" and several["batches"] == 3
     assert several["standard_error"] is not None and 0 < several["standard_error"] < several["nelbo"]
+
+
+def test_evaluate_reads_the_prediction_rule_from_the_checkpoint(checkpoint, tmp_path):
+    from tests.e2e.cli import metrics
+
+    shifted = tmp_path / "shifted"
+    pretrain(["--config", TINY, "--mock-data", "--save", str(shifted), "--exit-interval", "8",
+              "--eval-interval", "8", "--dllm-token-shift"])
+    valid = metrics(str(shifted / "metrics.jsonl"), kind="valid")[-1]
+    same = _evaluate(shifted, "--eval-iters", "1", "--eval-block-size", "4")  # no flag: the recorded rule
+    assert same["nelbo"] == valid["nelbo"]
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "evaluate.py"), "--load", str(checkpoint),
+                           "--config", TINY, "--mock-data", "--dllm-token-shift"], cwd=ROOT, env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: --dllm-token-shift: the checkpoint was trained without it")

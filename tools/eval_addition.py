@@ -14,6 +14,8 @@ trained with a causal clean stream greedily (refused for any other dLLM). The pr
 is loaded once; prints one JSON object per threshold: accuracy, correct, total, tokens_per_forward
 (answer tokens with EOS / decoding forwards), model_calls_per_problem (every forward, cache passes
 included), decode_seconds (sum of the decode calls, model loading excluded), seconds, examples.
+A flag out of range (--block-length / --steps / --gen-length / --num-test < 1, a --threshold outside
+[0, 1]) is refused with one line, exit 2, before the model is loaded.
 """
 
 from __future__ import annotations
@@ -64,41 +66,48 @@ def main(argv=None) -> int:
         print(f"error: --tokenizer-model {args.tokenizer_model}: not found", file=sys.stderr)
         return 2
     from megatron_dllm.config import ConfigError, ParallelConfig
-    from megatron_dllm.data.addition import AdditionTask
     from megatron_dllm.data.errors import DataError
-    from megatron_dllm.platform.device import setup_device
-    from megatron_dllm.platform.distributed import init_process_group, teardown
 
-    try:
-        task = AdditionTask(max_digits=args.max_digits, num_test=args.num_test, seed=args.task_seed)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    device = setup_device(None if args.device == "auto" else args.device)
-    init_process_group(device)
-    try:
-        from megatron_dllm.data.tokenizer import load_tokenizer, require_mask_token
+    try:  # every flag is checked before a process group or model exists
         from megatron_dllm.checkpoint.layout import recorded_mask_token_id
-        from megatron_dllm.generate.loading import full_vocab_forward, load_for_inference
-        from megatron_dllm.generate.task_eval import addition_accuracy, check_task_prompts
-        from megatron_dllm.generate.variants import decode_configs, max_positions, resolve_decoder
+        from megatron_dllm.data.tokenizer import load_tokenizer, require_mask_token
+        from megatron_dllm.generate.loading import inference_config
+        from megatron_dllm.generate.task_eval import addition_task, check_task_prompts
+        from megatron_dllm.generate.variants import (decode_configs, generation_length, max_positions,
+                                                     resolve_decoder)
 
-        tok = load_tokenizer(args.tokenizer_model)
-        model, model_cfg, meta = load_for_inference(args.load, ParallelConfig(), device)
+        task = addition_task(args.max_digits, args.num_test, args.task_seed)
+        gen_length = generation_length(args.gen_length, task.answer_tokens)
+        meta, model_cfg, _ = inference_config(args.load, ParallelConfig())
         decoder = resolve_decoder(meta, args.decoder)
-        forward = full_vocab_forward(model, model_cfg.vocab_size)
-        gen_length = args.gen_length or task.answer_tokens
-        problems = task.test_problems() if args.split == "test" else task.train_pairs[: args.num_test]
-        check_task_prompts(tok, task, problems, gen_length, model_cfg.vocab_size, max_positions(model_cfg))
+        tok = load_tokenizer(args.tokenizer_model)
         configs = [None]
         if decoder == "diffusion":
             mask_id = recorded_mask_token_id(meta)
             configs = decode_configs(
-                meta, args.threshold, mask_id=mask_id if mask_id is not None else require_mask_token(tok),
+                meta, args.threshold, vocab_size=model_cfg.vocab_size,
+                mask_id=mask_id if mask_id is not None else require_mask_token(tok),
                 gen_length=gen_length, block_length=args.block_length,
                 steps=args.steps if args.steps is not None else args.block_length,
                 minimal_topk=args.minimal_topk, eos_id=tok.eod_id, use_cache=not args.no_cache,
                 fuse_commit=not args.separate_commits)
+        problems = task.test_problems() if args.split == "test" else task.train_pairs[: args.num_test]
+        check_task_prompts(tok, task, problems, gen_length, model_cfg.vocab_size, max_positions(model_cfg))
+    except (ConfigError, DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from megatron_dllm.platform.device import setup_device
+    from megatron_dllm.platform.distributed import init_process_group, teardown
+
+    device = setup_device(None if args.device == "auto" else args.device)
+    init_process_group(device)
+    try:
+        from megatron_dllm.generate.loading import full_vocab_forward, load_for_inference
+        from megatron_dllm.generate.task_eval import addition_accuracy
+
+        model, model_cfg, meta = load_for_inference(args.load, ParallelConfig(), device)
+        forward = full_vocab_forward(model, model_cfg.vocab_size)
         for cfg in configs:
             start = time.perf_counter()
             result = addition_accuracy(model, forward, tok, task, problems, decoder=decoder, decode_cfg=cfg,

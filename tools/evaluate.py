@@ -71,6 +71,13 @@ def main(argv=None) -> int:
     if not run.checkpoint.load:
         print("error: --load DIR is required", file=sys.stderr)
         return 2
+    from megatron_dllm.train.evaluation import eval_block_size
+
+    try:
+        block = eval_block_size(args.eval_block_size, run.model.seq_length)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     import dataclasses
 
     run.training = dataclasses.replace(run.training, train_iters=1, train_tokens=None,
@@ -102,9 +109,6 @@ def main(argv=None) -> int:
         if dataset is None:
             raise ConfigError(f"the {args.eval_split} split is empty (--split {run.data.split})")
         L = run.model.seq_length
-        block = args.eval_block_size or L
-        if L % block:
-            raise ConfigError(f"--eval-block-size {block} does not divide --seq-length {L}")
         layout = "ar" if run.diffusion.objective == "ar" else ("bd" if block < L else "mdlm")
         if not weights_finite(setup.model):
             raise ConfigError(f"--load {run.checkpoint.load}: the checkpoint's weights hold NaN / Inf values: "

@@ -11,8 +11,9 @@ num_forward_passes, model_calls (decoding forwards + cache-only forwards), token
 decoder). The checkpoint's metadata decides the variant (token shift, causal clean stream) and the
 decoder: an AR checkpoint (objective ``ar``, e.g. the source of a conversion) is decoded greedily left
 to right, one token per forward, up to --gen-length tokens; ``--decoder ar`` does the same for a dLLM
-trained with a causal clean stream. A prompt id outside the vocabulary, or a prompt + --gen-length
-past the model's positions, is refused before decoding.
+trained with a causal clean stream. A prompt id outside the vocabulary, a prompt + --gen-length
+past the model's positions, a --mask-token-id / --eos-id outside the vocabulary, --top-k < 1 or a
+parallel size the model cannot take is refused (one line, exit 2) before the model is loaded.
 """
 
 from __future__ import annotations
@@ -80,6 +81,42 @@ def main(argv=None) -> int:
         print("error: text prompts need --tokenizer-model (or pass --prompt-ids)", file=sys.stderr)
         return 2
 
+    try:  # every flag is checked against the checkpoint's metadata before a process group or model exists
+        from megatron_dllm.checkpoint.layout import recorded_mask_token_id
+        from megatron_dllm.generate.loading import inference_config
+        from megatron_dllm.generate.variants import (check_prompt, decode_configs, max_positions,
+                                                     resolve_decoder)
+
+        tok = None
+        if args.tokenizer_model:
+            from megatron_dllm.data.tokenizer import load_tokenizer
+
+            tok = load_tokenizer(args.tokenizer_model)
+        parallel = ParallelConfig(tensor_model_parallel_size=args.tensor_model_parallel_size)
+        meta, model_cfg, _ = inference_config(args.load, parallel)
+        mask_id = args.mask_token_id if args.mask_token_id is not None else recorded_mask_token_id(meta)
+        if mask_id is None and tok is not None:
+            mask_id = tok.mask_token_id
+        if mask_id is None:
+            raise ConfigError("no mask token id in the checkpoint or tokenizer: pass --mask-token-id")
+        eos = args.eos_id if args.eos_id is not None else (tok.eod_id if tok else meta.get("eod_id"))
+        configs = decode_configs(meta, args.threshold, vocab_size=model_cfg.vocab_size, mask_id=mask_id,
+                                 gen_length=args.gen_length, block_length=args.block_length,
+                                 steps=args.steps if args.steps is not None else args.block_length,
+                                 minimal_topk=args.minimal_topk, temperature=args.temperature, top_k=args.top_k,
+                                 top_p=args.top_p, eos_id=eos, eos_early_stop=not args.no_eos_early_stop,
+                                 use_cache=not args.no_cache, fuse_commit=not args.separate_commits,
+                                 seed=args.seed)
+        prompts = [(text, tok.encode(text)) for text in prompts_text]
+        prompts += [(None, [int(t) for t in ids.split()]) for ids in args.prompt_ids]
+        for text, ids in prompts:
+            check_prompt(ids, args.gen_length, model_cfg.vocab_size, max_positions(model_cfg),
+                         label=text if text is not None else " ".join(map(str, ids)))
+        is_ar = resolve_decoder(meta, args.decoder) == "ar"
+    except (ConfigError, DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
     from megatron_dllm.platform.device import setup_device
     from megatron_dllm.platform.distributed import init_process_group, teardown
 
@@ -91,37 +128,10 @@ def main(argv=None) -> int:
         from megatron_dllm.generate.ar_decoding import greedy_ar
         from megatron_dllm.generate.decoding import decode
         from megatron_dllm.generate.kv_cache import DecodeCache, attach
-        from megatron_dllm.checkpoint.layout import recorded_mask_token_id
         from megatron_dllm.generate.loading import full_vocab_forward, load_for_inference
-        from megatron_dllm.generate.variants import check_prompt, decode_configs, max_positions, resolve_decoder
 
-        tok = None
-        if args.tokenizer_model:
-            from megatron_dllm.data.tokenizer import load_tokenizer
-
-            tok = load_tokenizer(args.tokenizer_model)
-        parallel = ParallelConfig(tensor_model_parallel_size=args.tensor_model_parallel_size)
         model, model_cfg, meta = load_for_inference(args.load, parallel, device, args.dllm_attention_backend)
-        mask_id = args.mask_token_id if args.mask_token_id is not None else recorded_mask_token_id(meta)
-        if mask_id is None and tok is not None:
-            mask_id = tok.mask_token_id
-        if mask_id is None:
-            raise ConfigError("no mask token id in the checkpoint or tokenizer: pass --mask-token-id")
-        eos = args.eos_id if args.eos_id is not None else (tok.eod_id if tok else meta.get("eod_id"))
-        configs = decode_configs(meta, args.threshold, mask_id=mask_id, gen_length=args.gen_length,
-                                 block_length=args.block_length,
-                                 steps=args.steps if args.steps is not None else args.block_length,
-                                 minimal_topk=args.minimal_topk, temperature=args.temperature, top_k=args.top_k,
-                                 top_p=args.top_p, eos_id=eos, eos_early_stop=not args.no_eos_early_stop,
-                                 use_cache=not args.no_cache, fuse_commit=not args.separate_commits,
-                                 seed=args.seed)
-        prompts = [(text, tok.encode(text)) for text in prompts_text]
-        prompts += [(None, [int(t) for t in ids.split()]) for ids in args.prompt_ids]
-        for text, ids in prompts:
-            check_prompt(ids, args.gen_length, model_cfg.vocab_size, max_positions(model_cfg),
-                         label=text if text is not None else " ".join(map(str, ids)))
         forward = full_vocab_forward(model, model_cfg.vocab_size)
-        is_ar = resolve_decoder(meta, args.decoder) == "ar"
         if is_ar and dist.get_rank() == 0 and not args.json:
             print("note: greedy next-token decoding", file=sys.stderr)
         rank0 = dist.get_rank() == 0

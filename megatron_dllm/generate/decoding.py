@@ -68,9 +68,13 @@ class DecodeConfig:
             return self.steps
         return min(self.steps, self.gen_length // self.minimal_topk)
 
-    def validate(self) -> None:
-        if self.block_length < 1 or self.gen_length < 1:
-            raise ValueError("--block-length and --gen-length must be positive")
+    def validate(self, vocab_size: Optional[int] = None) -> None:
+        """Raise ValueError (one line, naming the flag) for a setting decoding cannot run with;
+        with ``vocab_size``, also for a mask / EOS id outside the model's vocabulary."""
+        if self.block_length < 1:
+            raise ValueError(f"--block-length {self.block_length} must be >= 1")
+        if self.gen_length < 1:
+            raise ValueError(f"--gen-length {self.gen_length} must be >= 1")
         if not 1 <= self.steps <= self.block_length:
             raise ValueError(f"--steps must be in [1, block length {self.block_length}], got {self.steps}")
         if self.minimal_topk < 0:
@@ -84,6 +88,15 @@ class DecodeConfig:
             raise ValueError("--temperature must be >= 0")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ValueError("--top-p must be in (0, 1]")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"--top-k {self.top_k} must be >= 1 (or left out: no top-k filter)")
+        if vocab_size is not None:
+            if not 0 <= self.mask_id < vocab_size:
+                raise ValueError(f"--mask-token-id {self.mask_id} is outside the model's vocabulary "
+                                 f"[0, {vocab_size}): pass the mask id the model was trained with")
+            if self.eos_id is not None and not 0 <= self.eos_id < vocab_size:
+                raise ValueError(f"--eos-id {self.eos_id} is outside the model's vocabulary [0, {vocab_size}): "
+                                 "pass the tokenizer's end-of-document id (or leave --eos-id out)")
         if self.clean_stream not in CLEAN_STREAMS:
             raise ValueError(f"clean stream must be one of {CLEAN_STREAMS}, got {self.clean_stream!r}")
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import torch
 from megatron.core import parallel_state, tensor_parallel
 
-from megatron_dllm.config import ConfigError, ModelConfig, ParallelConfig
+from megatron_dllm.config import ConfigError, ModelConfig, ParallelConfig, validate
 from megatron_dllm.model.builder import build_model
 from megatron_dllm.platform.distributed import init_model_parallel
 from megatron_dllm.checkpoint import state as checkpointing
@@ -21,8 +22,10 @@ def model_config_from_meta(meta: dict) -> ModelConfig:
     return ModelConfig(**{k: v for k, v in saved.items() if k in names})
 
 
-def load_for_inference(load_dir: str, parallel: ParallelConfig, device: str, attention_backend: str = "sdpa"):
-    """(model in eval mode, its ModelConfig, the checkpoint metadata). PP must be 1."""
+def inference_config(load_dir: str, parallel: ParallelConfig, world_size: Optional[int] = None):
+    """(checkpoint metadata, its ModelConfig, the ParallelConfig to load it with), read without
+    building the model; ConfigError (one line, naming the fix) for a missing checkpoint or a parallel
+    layout the model cannot take (a size < 1, TP not dividing the heads, PP != 1, ...)."""
     if parallel.pipeline_model_parallel_size != 1:
         raise ConfigError("generation supports --pipeline-model-parallel-size 1 only")
     iteration = checkpointing.latest_iteration(load_dir)
@@ -32,6 +35,16 @@ def load_for_inference(load_dir: str, parallel: ParallelConfig, device: str, att
     model_cfg = model_config_from_meta(meta)
     if model_cfg.is_moe and parallel.tensor_model_parallel_size > 1:
         parallel = dataclasses.replace(parallel, sequence_parallel=True)
+    validate(model_cfg, parallel, world_size)
+    return meta, model_cfg, parallel
+
+
+def load_for_inference(load_dir: str, parallel: ParallelConfig, device: str, attention_backend: str = "sdpa"):
+    """(model in eval mode, its ModelConfig, the checkpoint metadata). PP must be 1; the process
+    group must be up (its world size is checked against the parallel layout)."""
+    import torch.distributed as dist
+
+    meta, model_cfg, parallel = inference_config(load_dir, parallel, dist.get_world_size())
     init_model_parallel(parallel)
     model = build_model(model_cfg, parallel, attention_backend=attention_backend)
     if device == "cuda":

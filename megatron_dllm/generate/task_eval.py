@@ -77,6 +77,17 @@ def addition_accuracy(model, forward: Callable, tokenizer, task: AdditionTask,
     return result
 
 
+def addition_task(max_digits: int, num_test: int, seed: int) -> AdditionTask:
+    """The AdditionTask tools/eval_addition.py scores; ValueError naming --max-digits / --num-test
+    when they are out of range."""
+    if max_digits < 1:
+        raise ValueError(f"--max-digits {max_digits} must be >= 1")
+    most = (10 ** max_digits) ** 2 // 2
+    if not 0 < num_test < most:
+        raise ValueError(f"--num-test {num_test} must be in [1, {most}) for --max-digits {max_digits}")
+    return AdditionTask(max_digits=max_digits, num_test=num_test, seed=seed)
+
+
 def check_task_prompts(tokenizer, task: AdditionTask, problems, gen_length: int, vocab_size: int,
                        positions: int) -> None:
     """ValueError when a problem's prompt cannot be decoded by the model (``variants.check_prompt``)."""

@@ -63,12 +63,21 @@ def check_prompt(prompt: List[int], gen_length: int, vocab_size: int, positions:
                          "(max_position_embeddings); shorten the prompt or lower --gen-length")
 
 
-def decode_configs(meta: dict, thresholds, **settings) -> list:
+def decode_configs(meta: dict, thresholds, vocab_size: Optional[int] = None, **settings) -> list:
     """One validated ``DecodeConfig`` per threshold (a sweep), with the checkpoint's variant
-    (``token_shift``, ``clean_stream``) from its metadata and ``settings`` for the other fields."""
+    (``token_shift``, ``clean_stream``) from its metadata and ``settings`` for the other fields;
+    with ``vocab_size``, a mask / EOS id outside the vocabulary is refused too."""
     from megatron_dllm.generate.decoding import DecodeConfig
 
     configs = [DecodeConfig(threshold=t, **decoding_variant(meta), **settings) for t in thresholds]
     for cfg in configs:
-        cfg.validate()
+        cfg.validate(vocab_size)
     return configs
+
+
+def generation_length(requested: Optional[int], default: int) -> int:
+    """``requested`` (--gen-length), or ``default`` when it is None; ValueError when it is < 1."""
+    length = default if requested is None else requested
+    if length < 1:
+        raise ValueError(f"--gen-length {length} must be >= 1")
+    return length

@@ -19,6 +19,7 @@ from typing import List, Optional, Tuple
 import torch
 from megatron.core import tensor_parallel
 
+from megatron_dllm.config import ConfigError
 from megatron_dllm.train.engine import forward_backward, reduce_reports
 from megatron_dllm.train.forward_step import make_forward_step
 
@@ -28,6 +29,19 @@ def t_points(run) -> List[Optional[float]]:
     lo = d.t_low if d.t_low is not None else d.t_eps
     hi = d.t_high if d.t_high is not None else 1.0
     return [lo + (hi - lo) * (k + 0.5) / d.eval_t_points for k in range(d.eval_t_points)]
+
+
+def eval_block_size(requested: Optional[int], seq_length: int) -> int:
+    """The block size tools/evaluate.py scores with: ``requested`` (--eval-block-size), or the whole
+    sequence (MDLM) when it is None; ConfigError unless it is a positive divisor of ``seq_length``."""
+    if requested is None:
+        return seq_length
+    if requested < 1 or seq_length % requested:
+        divisors = [d for d in range(1, seq_length + 1) if seq_length % d == 0]
+        shown = ", ".join(map(str, divisors[-4:]))
+        raise ConfigError(f"--eval-block-size {requested} must be a positive divisor of --seq-length "
+                          f"{seq_length} (e.g. {shown}; leave it out for the whole sequence)")
+    return requested
 
 
 def json_safe(result: dict) -> Tuple[dict, List[str]]:

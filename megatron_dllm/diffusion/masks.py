@@ -40,29 +40,27 @@ MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tor
 
 
 def block_diffusion_predicate(q_idx: torch.Tensor, kv_idx: torch.Tensor, seq_len: int,
-                              block_size: int) -> torch.Tensor:
-    """BD mask on the 2L layout [xt ; x0]; indices in [0, 2L), broadcastable int tensors."""
+                              block_size: int, causal_clean: bool = False) -> torch.Tensor:
+    """BD mask on the 2L layout [xt ; x0]; indices in [0, 2L), broadcastable int tensors.
+
+    ``causal_clean`` makes x0 -> x0 strictly causal (key position <= query position) instead of
+    block-causal; the noisy half is the same either way.
+    """
     q_noisy = q_idx < seq_len
     kv_noisy = kv_idx < seq_len
     q_block = (q_idx % seq_len) // block_size
     kv_block = (kv_idx % seq_len) // block_size
     xt_xt = q_noisy & kv_noisy & (q_block == kv_block)
     xt_x0 = q_noisy & ~kv_noisy & (q_block > kv_block)
-    x0_x0 = ~q_noisy & ~kv_noisy & (q_block >= kv_block)
+    clean_order = (kv_idx <= q_idx) if causal_clean else (q_block >= kv_block)
+    x0_x0 = ~q_noisy & ~kv_noisy & clean_order
     return xt_xt | xt_x0 | x0_x0
 
 
 def block_diffusion_causal_clean_predicate(q_idx: torch.Tensor, kv_idx: torch.Tensor, seq_len: int,
                                            block_size: int) -> torch.Tensor:
     """BD mask on [xt ; x0] whose clean half is strictly causal (x0 -> x0: key <= query)."""
-    q_noisy = q_idx < seq_len
-    kv_noisy = kv_idx < seq_len
-    q_block = (q_idx % seq_len) // block_size
-    kv_block = (kv_idx % seq_len) // block_size
-    xt_xt = q_noisy & kv_noisy & (q_block == kv_block)
-    xt_x0 = q_noisy & ~kv_noisy & (q_block > kv_block)
-    x0_x0 = ~q_noisy & ~kv_noisy & (kv_idx <= q_idx)
-    return xt_xt | xt_x0 | x0_x0
+    return block_diffusion_predicate(q_idx, kv_idx, seq_len, block_size, causal_clean=True)
 
 
 def bidirectional_predicate(q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:

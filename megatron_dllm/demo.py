@@ -98,7 +98,7 @@ class Runner:
         self.index += 1
         print(f"\n[demo {self.index}/{self.total}] {title}", flush=True)
 
-    def run(self, name: str, cmd: List[str], echo: bool = True) -> List[str]:
+    def run(self, name: str, cmd: List[str], echo: bool = True, tag: str = "") -> List[str]:
         shown = " ".join(shlex.quote(_short(c)) for c in cmd)
         print(f"$ {shown}", flush=True)
         log_path = os.path.join(self.logs, f"{name}.log")
@@ -110,12 +110,21 @@ class Runner:
                 log.write(line)
                 lines.append(line.rstrip("\n"))
                 if echo and _worth_showing(line):
-                    print("  " + line.rstrip("\n"), flush=True)
+                    print(f"  {tag}" + line.rstrip("\n"), flush=True)
             rc = proc.wait()
         if rc != 0:
             tail = "\n".join("  " + x for x in lines[-15:])
             raise StageError(f"stage {name} failed with exit code {rc}; full log: {log_path}\n{tail}")
         return lines
+
+    def run_side_by_side(self, jobs: List[tuple]) -> List[List[str]]:
+        """``run`` for independent (name, cmd) jobs at once, one per core (each stage is one thread,
+        so the results are those of running them one after the other); output lines are tagged."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            futures = [pool.submit(self.run, name, cmd, True, f"[{name}] ") for name, cmd in jobs]
+            return [f.result() for f in futures]
 
 
 def _short(arg: str) -> str:
@@ -212,10 +221,10 @@ def run_demo(out_dir: str, plan: Plan) -> dict:
     dllm_cmd = [py, "-m", "megatron_dllm.pretrain", *common, "--dllm-objective", "bd",
                   "--dllm-block-schedule", schedule, *continued, "--load", dllm_init,
                   "--eval-interval", str(max(1, plan.dllm_iters // 3))]
-    runner.run("dllm_pretrain", [*dllm_cmd, "--save", dllm_dir,
-                                 "--tensorboard-dir", os.path.join(out_dir, "tb", "dllm")])
-    runner.run("dllm_best_pretrain", [*dllm_cmd, *plan.best_variant_flags, "--save", best_dir,
-                                      "--tensorboard-dir", os.path.join(out_dir, "tb", "dllm_best")])
+    runner.run_side_by_side([
+        ("dllm_pretrain", [*dllm_cmd, "--save", dllm_dir, "--tensorboard-dir", os.path.join(out_dir, "tb", "dllm")]),
+        ("dllm_best_pretrain", [*dllm_cmd, *plan.best_variant_flags, "--save", best_dir,
+                                "--tensorboard-dir", os.path.join(out_dir, "tb", "dllm_best")])])
 
     runner.stage("validation NELBO after dLLM training (same data and t points)")
     nelbo_final = _json_lines(runner.run("nelbo_trained", [*evaluate, "--load", dllm_dir]))[-1]

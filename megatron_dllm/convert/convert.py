@@ -58,6 +58,22 @@ class PreparedConversion:
     plan: MaskTokenPlan
 
 
+def target_parallel(cfg: ModelConfig, tp: int, pp: int, ep: int) -> ParallelConfig:
+    """The layout an output is meant for (sequence parallel with MoE x TP), validated against ``cfg``."""
+    if min(tp, pp, ep) < 1:
+        raise ConversionError("target parallel sizes must be >= 1")
+    parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                              expert_model_parallel_size=ep if cfg.is_moe else 1,
+                              sequence_parallel=bool(cfg.is_moe and tp > 1))
+    if ep > 1 and not cfg.is_moe:
+        raise ConversionError(f"--target-expert-model-parallel-size {ep} needs a MoE model; this one is dense")
+    try:
+        validate(cfg, parallel)
+    except ConfigError as exc:
+        raise ConversionError(f"target layout TP {tp} x PP {pp} x EP {ep}: {exc}") from exc
+    return parallel
+
+
 def prepare(request: ConvertRequest) -> PreparedConversion:
     """Open and check everything; raise ConversionError (one line) on bad input. Writes nothing."""
     check_output(request.save, inputs=[request.load])
@@ -78,19 +94,9 @@ def prepare(request: ConvertRequest) -> PreparedConversion:
     source = open_source(request.load, override)
     refuse_dllm_source(request.load, source.meta)
     cfg = source.config
-    sizes = (request.target_tensor_parallel, request.target_pipeline_parallel, request.target_expert_parallel)
-    if min(sizes) < 1:
-        raise ConversionError("target parallel sizes must be >= 1")
-    tp, pp, ep = sizes
-    parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                              expert_model_parallel_size=ep if cfg.is_moe else 1,
-                              sequence_parallel=bool(cfg.is_moe and tp > 1))
-    if ep > 1 and not cfg.is_moe:
-        raise ConversionError(f"--target-expert-model-parallel-size {ep} needs a MoE model; this one is dense")
-    try:
-        validate(cfg, parallel)
-    except ConfigError as exc:
-        raise ConversionError(f"target layout TP {tp} x PP {pp} x EP {ep}: {exc}") from exc
+    parallel = target_parallel(cfg, request.target_tensor_parallel, request.target_pipeline_parallel,
+                               request.target_expert_parallel)
+    tp = parallel.tensor_model_parallel_size
     tokenizer_mask, vocab_size = None, cfg.vocab_size
     if request.tokenizer_model:
         from megatron_dllm.data.errors import DataError
@@ -158,10 +164,12 @@ def _meta(prepared: PreparedConversion, dropped) -> dict:
     }
 
 
-def run(prepared: PreparedConversion, *, progress: bool = True) -> dict:
+def run(prepared: PreparedConversion, *, progress: bool = True, make_meta=None) -> dict:
     """Write the converted checkpoint to ``request.save`` (atomically); returns a summary dict.
 
     Needs ``torch.distributed`` initialised (one rank is enough) to list the target tensors.
+    ``make_meta(prepared, dropped)`` gives ``dllm_meta.json`` (default: the AR -> dLLM record);
+    the HF import passes its own.
     """
     from megatron_dllm.convert.progress import Progress
     from megatron_dllm.convert.targets import target_layout
@@ -182,7 +190,7 @@ def run(prepared: PreparedConversion, *, progress: bool = True) -> dict:
         key = per_layer_request(item.key, item.global_shape, item.offsets, item.sizes)[0]
         total += item.numel * resolved[key].dtype.itemsize
     bar = Progress(total, what="converting", enabled=progress)
-    meta = _meta(prepared, dropped)
+    meta = (make_meta or _meta)(prepared, dropped)
     with atomic_directory(prepared.request.save) as tmp:
         stats = write_checkpoint(
             tmp, source, plan, targets, objects, meta,

@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""Import an HF safetensors checkpoint (LLaDA2MoE or BailingMoeV2) as a megatron_dllm torch_dist checkpoint.
+
+    python tools/import_hf.py --hf HF_DIR --save OUT_DIR \\
+        [--target-tensor-model-parallel-size N --target-pipeline-model-parallel-size N \\
+         --target-expert-model-parallel-size N] [--dtype keep|bf16|fp32|fp16] \\
+        [--to-dllm [--mask-token-id ID | --add-mask-token] [--mask-embedding-init mean|zero|copy:ID]]
+
+HF_DIR: config.json (model_type llada2_moe or bailing_moe) and model*.safetensors (with an index when
+sharded). The Megatron model is derived from config.json. LLaDA2 sources become dLLM checkpoints (the
+config's mask_token_id); BailingMoeV2 (Ling-2.0) sources become AR checkpoints, or dLLM ones with
+--to-dllm (the same result as importing, then tools/convert_ar_to_dllm.py). MTP layers are dropped
+with a warning. OUT_DIR must not exist; it appears complete or not at all. Then
+``python -m megatron_dllm.pretrain --load OUT_DIR ...``. Bad input: one ``error:`` line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hf", required=True, help="HF model directory (read only).")
+    p.add_argument("--save", required=True, help="Output directory (must not exist).")
+    p.add_argument("--target-tensor-model-parallel-size", type=int, default=1,
+                   help="TP the output is padded and validated for (default 1).")
+    p.add_argument("--target-pipeline-model-parallel-size", type=int, default=1, help="PP to validate for.")
+    p.add_argument("--target-expert-model-parallel-size", type=int, default=1, help="EP to validate for.")
+    p.add_argument("--dtype", default="keep", choices=["keep", "bf16", "fp32", "fp16"],
+                   help="Weight dtype in the output (default: as stored); the router's expert bias stays fp32.")
+    p.add_argument("--to-dllm", action="store_true",
+                   help="AR sources: add the mask token and write a dLLM checkpoint (as convert_ar_to_dllm.py).")
+    mask = p.add_mutually_exclusive_group()
+    mask.add_argument("--mask-token-id", type=int, help="Use this id as [MASK].")
+    mask.add_argument("--add-mask-token", action="store_true", help="With --to-dllm: add a new [MASK] token.")
+    p.add_argument("--mask-embedding-init", default="mean", help="New rows: mean (default), zero, or copy:ID.")
+    p.add_argument("--max-file-gb", type=float, default=8.0, help="Size of each output data file.")
+    p.add_argument("--quiet", action="store_true", help="No progress bar.")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    from megatron_dllm.checkpoint.errors import CheckpointError
+    from megatron_dllm.convert.errors import ConversionError
+    from megatron_dllm.convert.hf_import import ImportRequest, prepare_import, run_import
+
+    request = ImportRequest(
+        hf=args.hf, save=args.save, target_tensor_parallel=args.target_tensor_model_parallel_size,
+        target_pipeline_parallel=args.target_pipeline_model_parallel_size,
+        target_expert_parallel=args.target_expert_model_parallel_size, dtype=args.dtype, to_dllm=args.to_dllm,
+        mask_token_id=args.mask_token_id, add_mask_token=args.add_mask_token,
+        mask_embedding_init=args.mask_embedding_init, max_file_gb=args.max_file_gb)
+    try:
+        prepared = prepare_import(request)
+    except (ConversionError, CheckpointError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for warning in prepared.imported.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    plan = prepared.conversion.plan
+    print(f"source: {args.hf} ({prepared.imported.family}, objective {prepared.imported.objective}) -> "
+          f"objective {prepared.objective}, mask token {plan.mask_token_id} ({plan.how}), rows {plan.padded}")
+
+    from megatron_dllm.platform.device import setup_device
+    from megatron_dllm.platform.distributed import init_process_group, teardown
+
+    setup_device("cpu")
+    init_process_group("cpu")
+    try:
+        summary = run_import(prepared, progress=not args.quiet)
+    except (ConversionError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        teardown()
+    print(json.dumps(summary, indent=2))
+    print(f"then: python -m megatron_dllm.pretrain --load {args.save} ...")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -131,8 +131,9 @@ def prepare_import(request: ImportRequest) -> PreparedImport:
                                request.target_expert_parallel)
     meta = {"objective": imported.objective}
     source = HFSource(request.hf, imported.model, dtype=DTYPES[request.dtype], meta=meta)
-    source._skipped.update(_skipped(source.files, imported))
+    source.skipped.update(_skipped(source.files, imported))
     plan = _plan(request, imported, source.rows, parallel.tensor_model_parallel_size)
+    source.check()
     model = dataclasses.replace(imported.model, vocab_size=plan.vocab_size)
     convert_request = ConvertRequest(load=request.hf, save=request.save,
                                      target_tensor_parallel=parallel.tensor_model_parallel_size,
@@ -152,7 +153,7 @@ def _import_meta(prepared: PreparedImport):
         record["source"].update(family=prepared.imported.family, dtype=prepared.request.dtype,
                                 mtp_layers_dropped=prepared.imported.mtp_layers,
                                 objective=prepared.imported.objective)
-        record["dropped_source_tensors"] = sorted(conversion.source._skipped)
+        record["dropped_source_tensors"] = sorted(conversion.source.skipped)
         record["warnings"] = list(prepared.imported.warnings)
         meta["objective"] = prepared.objective
         meta["run"]["diffusion"]["objective"] = prepared.objective
@@ -169,6 +170,7 @@ def run_import(prepared: PreparedImport, *, progress: bool = True) -> dict:
         summary = run(prepared.conversion, progress=progress, make_meta=_import_meta(prepared))
     finally:
         prepared.conversion.source.close()
-    summary.update(family=prepared.imported.family, objective=prepared.objective,
+    summary.update(dropped_source_tensors=len(prepared.conversion.source.skipped),
+                   family=prepared.imported.family, objective=prepared.objective,
                    mtp_layers_dropped=prepared.imported.mtp_layers, warnings=list(prepared.imported.warnings))
     return summary

@@ -144,7 +144,8 @@ def model_config_from_hf(config: dict) -> ImportedConfig:
     if layers < 1:
         raise ConversionError(f"config.json has {total_layers} layers of which {mtp} are MTP layers: no decoder")
     if mtp:
-        warnings.append(f"dropping {mtp} multi-token-prediction layer(s) (model.layers.{layers}..{total_layers - 1}): "
+        names = f"model.layers.{layers}" + (f"..{total_layers - 1}" if mtp > 1 else "")
+        warnings.append(f"dropping {mtp} multi-token-prediction layer(s) ({names}): "
                         "Megatron-Core MTP is not imported; the decoder's outputs are unchanged")
     hidden, heads = _int(config, "hidden_size"), _int(config, "num_attention_heads")
     theta = config.get("rope_theta", 10000.0)

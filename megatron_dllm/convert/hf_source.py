@@ -59,7 +59,7 @@ class HFSource(Source):
         self.files = weight_map(path)
         self._handles: Dict[str, object] = {}
         self._used: set = set()
-        self._skipped = set(skipped)
+        self.skipped = set(skipped)
         self.cast = dtype
         emb = "model.word_embeddings.weight"
         if emb not in self.files:
@@ -113,6 +113,17 @@ class HFSource(Source):
             return data if cast is None else data.to(cast)
         return Piece(tuple(item.offsets), tuple(item.sizes), read)
 
+    def check(self) -> None:
+        """Every tensor the model needs is in the files with its shape (headers only; nothing is read)."""
+        for key, items in self.items.items():
+            if key is None:
+                continue
+            for item in items:
+                shape, _ = self._header(item.name)
+                if tuple(shape) != tuple(item.shape):
+                    raise ConversionError(f"{item.name} has shape {list(shape)}, config.json gives "
+                                          f"{list(item.shape)}")
+
     # ------------------------------------------------------------------ Source interface
     def tensor(self, key: str, expected_shape: Optional[Tuple[int, ...]] = None):
         items = self.items.get(key)
@@ -130,7 +141,7 @@ class HFSource(Source):
         return PieceTensor(key, shape, dtype, [self._piece(item, key) for item in items])
 
     def tensor_keys(self) -> List[str]:
-        return [name for name in self.files if name not in self._skipped]
+        return [name for name in self.files if name not in self.skipped]
 
     def used_keys(self) -> set:
         return set(self._used)

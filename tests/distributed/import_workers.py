@@ -207,7 +207,32 @@ def import_suite_worker(rank, world_size, root):
         with safe_open(os.path.join(root, "e1", weight_map[name]), "pt") as handle:
             same.append(torch.equal(handle.get_tensor(name), tensor))
     result["export_equals_original"] = all(same) and len(weight_map) == len(original)
+    result["nan_error"] = _damaged_import(root)
     return result
+
+
+def _damaged_import(root: str) -> dict:
+    """A NaN in one expert: a one-line ConversionError at write time, and no output left behind."""
+    from safetensors.torch import load_file, save_file
+
+    from megatron_dllm.convert.errors import ConversionError
+
+    damaged = os.path.join(root, "hf_damaged")
+    write_hf(damaged, "llada2", seed=2)
+    name = "model.layers.2.mlp.experts.5.up_proj.weight"
+    with open(os.path.join(damaged, "model.safetensors.index.json")) as handle:
+        file = os.path.join(damaged, json.load(handle)["weight_map"][name])
+    tensors = load_file(file)
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, file)
+    save = os.path.join(root, "out", "damaged")
+    try:
+        _import(damaged, save)
+        message = None
+    except ConversionError as exc:
+        message = str(exc)
+    left = [n for n in os.listdir(os.path.join(root, "out")) if n.startswith("damaged")]
+    return {"message": message, "left": left}
 
 
 def layouts_worker(rank, world_size, root):

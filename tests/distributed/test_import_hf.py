@@ -72,3 +72,9 @@ def test_to_dllm_equals_import_then_convert(suite):
     assert direct["run"]["model"] == converted["run"]["model"]
     assert direct["conversion"]["mask_token"]["init_rows"] == [W.VOCAB]
     assert direct["conversion"]["tool"].startswith("megatron_dllm.convert.hf_import")
+
+
+def test_damaged_weights_fail_in_one_line_and_leave_nothing(suite):
+    got = suite["nan_error"]
+    assert got["message"] and "model.layers.2.mlp.experts.5.up_proj.weight holds NaN" in got["message"]
+    assert "\n" not in got["message"] and got["left"] == []

@@ -25,7 +25,7 @@ from megatron_dllm.config import ConfigError, ModelConfig, ParallelConfig, valid
 from megatron_dllm.convert.errors import ConversionError
 from megatron_dllm.convert.keymap import DROPPED, per_layer_request
 from megatron_dllm.convert.mask_token import MaskTokenPlan, parse_init, plan_mask_token
-from megatron_dllm.checkpoint.output import atomic_directory, check_output
+from megatron_dllm.checkpoint.output import atomic_directory, check_output, write_text
 from megatron_dllm.convert.readers import Source, open_source
 from megatron_dllm.convert.roles import refuse_dllm_source
 
@@ -164,12 +164,13 @@ def _meta(prepared: PreparedConversion, dropped) -> dict:
     }
 
 
-def run(prepared: PreparedConversion, *, progress: bool = True, make_meta=None) -> dict:
+def run(prepared: PreparedConversion, *, progress: bool = True, make_meta=None, extra_files=None,
+        label: str = "converting") -> dict:
     """Write the converted checkpoint to ``request.save`` (atomically); returns a summary dict.
 
     Needs ``torch.distributed`` initialised (one rank is enough) to list the target tensors.
     ``make_meta(prepared, dropped)`` gives ``dllm_meta.json`` (default: the AR -> dLLM record);
-    the HF import passes its own.
+    the HF import passes its own. ``extra_files`` ({name: text}) are written into the output root.
     """
     from megatron_dllm.convert.progress import Progress
     from megatron_dllm.convert.targets import target_layout
@@ -189,13 +190,15 @@ def run(prepared: PreparedConversion, *, progress: bool = True, make_meta=None) 
     for item in targets:
         key = per_layer_request(item.key, item.global_shape, item.offsets, item.sizes)[0]
         total += item.numel * resolved[key].dtype.itemsize
-    bar = Progress(total, what="converting", enabled=progress)
+    bar = Progress(total, what=label, enabled=progress)
     meta = (make_meta or _meta)(prepared, dropped)
     with atomic_directory(prepared.request.save) as tmp:
         stats = write_checkpoint(
             tmp, source, plan, targets, objects, meta,
             on_tensor=lambda item, nbytes: bar.update(nbytes, item.key),
             max_file_bytes=int(prepared.request.max_file_gb * (1 << 30)))
+        for name, text in (extra_files or {}).items():
+            write_text(os.path.join(tmp, name), text)
     elapsed = bar.close()
     return {
         "save": prepared.request.save, "source_format": source.format, "source_iteration": source.iteration,

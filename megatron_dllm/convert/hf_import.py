@@ -34,6 +34,7 @@ from megatron_dllm.convert.mask_token import MaskTokenPlan, padded_size, parse_i
 
 DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TOOL = "megatron_dllm.convert.hf_import (tools/import_hf.py)"
+MODEL_YAML = "model.yaml"
 
 
 @dataclass
@@ -164,10 +165,30 @@ def _import_meta(prepared: PreparedImport):
     return make
 
 
+def model_yaml(prepared: PreparedImport) -> str:
+    """``OUT/model.yaml``: the flags of the imported model, for ``pretrain --config OUT/model.yaml``.
+
+    ``pretrain --load`` refuses flags that describe another architecture; no preset has an imported
+    model's exact values, so the import writes them (Megatron-LM flag names, None values left out).
+    """
+    from megatron_dllm.arguments import _flag
+
+    lines = [f"# written by tools/import_hf.py from {os.path.abspath(prepared.request.hf)}"]
+    for f in dataclasses.fields(prepared.conversion.model):
+        value = getattr(prepared.conversion.model, f.name)
+        if value is not None:
+            lines.append(f"{_flag(f)[2:]}: {json.dumps(value)}")
+    lines.append(f"dllm-objective: {prepared.objective}")
+    if prepared.conversion.plan.mask_token_id is not None:
+        lines.append(f"dllm-mask-token-id: {prepared.conversion.plan.mask_token_id}")
+    return "\n".join(lines) + "\n"
+
+
 def run_import(prepared: PreparedImport, *, progress: bool = True) -> dict:
     """Write the imported checkpoint to ``request.save`` (atomically); returns a summary dict."""
     try:
-        summary = run(prepared.conversion, progress=progress, make_meta=_import_meta(prepared))
+        summary = run(prepared.conversion, progress=progress, make_meta=_import_meta(prepared),
+                      extra_files={MODEL_YAML: model_yaml(prepared)}, label="importing")
     finally:
         prepared.conversion.source.close()
     summary.update(dropped_source_tensors=len(prepared.conversion.source.skipped),

@@ -78,3 +78,18 @@ def test_damaged_weights_fail_in_one_line_and_leave_nothing(suite):
     got = suite["nan_error"]
     assert got["message"] and "model.layers.2.mlp.experts.5.up_proj.weight holds NaN" in got["message"]
     assert "\n" not in got["message"] and got["left"] == []
+
+
+@pytest.mark.parametrize("name", ["tp1", "bailing_ar", "bailing_dllm"])
+def test_model_yaml_gives_pretrain_the_checkpoint_model(suite, name):
+    """``pretrain --config OUT/model.yaml --load OUT`` passes the architecture check of the loader."""
+    from megatron_dllm.arguments import parse_args
+    from megatron_dllm.checkpoint.state import check_model_config
+
+    out = os.path.join(suite["root"], "out", name)
+    run = parse_args(["--config", os.path.join(out, "model.yaml"), "--mock-data"])
+    meta = suite["to_dllm_meta"][name]
+    check_model_config(meta["run"]["model"], run.model, out)
+    assert run.diffusion.objective == meta["objective"]
+    assert run.diffusion.mask_token_id == meta["mask_token_id"]
+    assert run.model.vocab_size == meta["run"]["model"]["vocab_size"]

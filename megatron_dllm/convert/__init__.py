@@ -1,4 +1,4 @@
-"""Checkpoint conversion: AR Megatron-Core GPT -> megatron_dllm dLLM, and dLLM -> HF LLaDA2.0.
+"""Checkpoint conversion: AR Megatron-Core GPT -> megatron_dllm dLLM, dLLM -> HF LLaDA2.0, and HF -> ours.
 
 One job per module (the tools in ``tools/`` are thin CLIs over them):
 
@@ -13,6 +13,9 @@ One job per module (the tools in ``tools/`` are thin CLIs over them):
     hf_keymap.py          our keys -> LLaDA2MoeModelLM names, qkv regrouping, config.json
     safetensors_stream.py safetensors shards written one tensor at a time
     hf_export.py          the HF export; hf_check.py: its logits vs Megatron's
+    hf_import_config.py   ModelConfig from an HF config.json (LLaDA2MoE, BailingMoeV2): mapped / checked keys
+    hf_source.py          HF safetensors as a Source: our keys assembled from HF tensors, read box by box
+    hf_import.py          the HF import (tools/import_hf.py) over convert.run
     llada2_hf/            our transformers LLaDA2MoeModelLM (shipped with exports, trust_remote_code)
     merge.py              top-k checkpoint averaging over dcp_io (tools/merge_checkpoints.py)
     progress.py, errors.py, bench_synthetic.py (peak memory vs ``cp -r``)

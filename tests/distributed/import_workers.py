@@ -208,6 +208,13 @@ def import_suite_worker(rank, world_size, root):
             same.append(torch.equal(handle.get_tensor(name), tensor))
     result["export_equals_original"] = all(same) and len(weight_map) == len(original)
     result["nan_error"] = _damaged_import(root)
+    _import(llada2, out("bf16"), dtype="bf16")
+    bf16 = _dcp_tensors(out("bf16"))
+    fp32 = _dcp_tensors(out("tp1"))
+    result["bf16_dtypes"] = sorted({(k.rsplit(".", 1)[-1] if "expert_bias" in k else "other", str(v.dtype))
+                                    for k, v in bf16.items()})
+    result["bf16_max_rel"] = max(((bf16[k].double() - fp32[k].double()).abs().max() /
+                                  fp32[k].double().abs().max().clamp_min(1e-30)).item() for k in fp32)
     return result
 
 

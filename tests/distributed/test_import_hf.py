@@ -93,3 +93,8 @@ def test_model_yaml_gives_pretrain_the_checkpoint_model(suite, name):
     assert run.diffusion.objective == meta["objective"]
     assert run.diffusion.mask_token_id == meta["mask_token_id"]
     assert run.model.vocab_size == meta["run"]["model"]["vocab_size"]
+
+
+def test_dtype_casts_all_weights_but_the_expert_bias(suite):
+    assert suite["bf16_dtypes"] == [("expert_bias", "torch.float32"), ("other", "torch.bfloat16")]
+    assert 0 < suite["bf16_max_rel"] <= 2 ** -8  # rounded to bf16, nothing else

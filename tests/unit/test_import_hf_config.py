@@ -129,3 +129,38 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     no_mask = _hf_dir(tmp_path, "llada2", "no_mask", mask_token_id=None)
     assert "--mask-token-id" in _one_line_error(capsys, ["--hf", no_mask, "--save", out])
     assert not os.path.exists(out)
+
+
+def _released(model_type, arch, layers, hidden, ffn, heads, moe_ffn):
+    """A config.json of the released LLaDA2.0 / Ling-2.0 shape (the values the presets are taken from)."""
+    return dict(model_type=model_type, architectures=[arch], vocab_size=157184, hidden_size=hidden,
+                intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=4,
+                head_dim=128, hidden_act="silu", use_qkv_bias=False, use_bias=False, use_qk_norm=True,
+                rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=32768, rope_theta=600000,
+                partial_rotary_factor=0.5, rope_scaling=None, num_experts=256, num_shared_experts=1,
+                num_experts_per_tok=8, n_group=8, topk_group=4, routed_scaling_factor=2.5, moe_intermediate_size=moe_ffn,
+                first_k_dense_replace=1, score_function="sigmoid", moe_router_enable_expert_bias=True,
+                router_dtype="fp32", num_nextn_predict_layers=0, pad_token_id=156892, eos_token_id=156892,
+                use_cache=True, output_router_logits=False, initializer_range=0.02, torch_dtype="bfloat16",
+                norm_topk_prob=True, max_window_layers=layers, mtp_loss_scaling_factor=0)
+
+
+@pytest.mark.parametrize("preset, model_type, arch, shape", [
+    ("llada2.0-mini", "llada2_moe", "LLaDA2MoeModelLM", (20, 2048, 5120, 16, 512)),
+    ("llada2.0-mini", "bailing_moe", "BailingMoeV2ForCausalLM", (20, 2048, 5120, 16, 512)),   # Ling-mini-2.0
+    ("llada2.0-flash", "llada2_moe", "LLaDA2MoeModelLM", (32, 4096, 9216, 32, 1024)),
+    ("llada2.0-flash", "bailing_moe", "BailingMoeV2ForCausalLM", (32, 4096, 9216, 32, 1024)),  # Ling-flash-2.0
+])
+def test_released_shapes_import_as_the_presets(preset, model_type, arch, shape):
+    """Same architecture fields as the preset (so the same parameter counts: 16.26B / 102.9B)."""
+    import dataclasses
+
+    from megatron_dllm.checkpoint.state import check_model_config
+    from megatron_dllm.model.presets import get_preset
+
+    config = _released(model_type, arch, *shape)
+    if model_type == "llada2_moe":
+        config["mask_token_id"] = 156895
+    got = model_config_from_hf(config)
+    check_model_config(dataclasses.asdict(got.model), get_preset(preset), preset)  # raises on any difference
+    assert got.warnings == [] and got.model.padded_vocab_size(8) == 157184 + 512

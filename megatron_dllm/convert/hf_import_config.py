@@ -59,7 +59,7 @@ MAPPED = {
     "routed_scaling_factor": "moe_router_topk_scaling_factor",
     "num_shared_experts": "moe_shared_expert_intermediate_size (x moe_intermediate_size)",
     "moe_shared_expert_intermediate_size": "moe_shared_expert_intermediate_size",
-    "moe_router_enable_expert_bias": "moe_router_enable_expert_bias",
+    "moe_router_enable_expert_bias": "moe_router_enable_expert_bias (llada2_moe; bailing_moe always has one)",
     "router_dtype": "moe_router_dtype",
     "num_nextn_predict_layers": "MTP layers: dropped with a warning",
     "mask_token_id": "the dLLM mask token (llada2_moe)",
@@ -180,6 +180,8 @@ def model_config_from_hf(config: dict) -> ImportedConfig:
     experts = _int(config, "num_experts", minimum=0)
     if experts:
         fields.update(_moe_fields(config, experts, layers, warnings))
+        if family == BAILING:  # the released BailingMoeV2 gate adds its expert_bias whatever the flag says
+            fields["moe_router_enable_expert_bias"] = True
     unknown = sorted(k for k in config if k not in MAPPED and k not in CHECKED and k not in IGNORED)
     if unknown:
         warnings.append(f"config.json keys not read: {', '.join(unknown)}")

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from megatron_dllm.config import ModelConfig
+from megatron_dllm.convert import keymap
 from megatron_dllm.convert.errors import ConversionError
 from megatron_dllm.convert.hf_keymap import HFTensor, hf_qkv_to_mcore, hf_tensors
 from megatron_dllm.convert.readers import Piece, PieceTensor, Source
@@ -141,7 +142,7 @@ class HFSource(Source):
         return PieceTensor(key, shape, dtype, [self._piece(item, key) for item in items])
 
     def tensor_keys(self) -> List[str]:
-        return [name for name in self.files if name not in self.skipped]
+        return [name for name in self.files if name not in self.skipped and not keymap.IGNORED.match(name)]
 
     def used_keys(self) -> set:
         return set(self._used)

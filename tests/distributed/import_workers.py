@@ -28,11 +28,11 @@ BASE = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_l
             first_k_dense_replace=1, initializer_range=0.02, pad_token_id=None, torch_dtype="float32")
 
 
-def hf_config(family: str, mtp: int = 0) -> dict:
+def hf_config(family: str, mtp: int = 0, tie: bool = False) -> dict:
     """A config.json dict of the tiny model: ``llada2`` (LLaDA2MoeModelLM) or ``bailing`` (BailingMoeV2)."""
     from megatron_dllm.convert.hf_keymap import AUTO_MAP
 
-    config = dict(BASE)
+    config = dict(BASE, tie_word_embeddings=tie)
     if family == "llada2":
         config.update(model_type="llada2_moe", architectures=["LLaDA2MoeModelLM"], auto_map=dict(AUTO_MAP),
                       mask_token_id=MASK_ID, score_function="sigmoid", moe_router_enable_expert_bias=True)
@@ -43,14 +43,16 @@ def hf_config(family: str, mtp: int = 0) -> dict:
     return config
 
 
-def reference_model(seed: int = 0):
+def reference_model(seed: int = 0, tie: bool = False):
     """The HF model (our transformers class) with random weights, norms ~1 and expert biases ~0.05."""
     from megatron_dllm.convert.llada2_hf.configuration_llada2_moe import LLaDA2MoeConfig
     from megatron_dllm.convert.llada2_hf.modeling_llada2_moe import LLaDA2MoeModelLM
 
     gen = torch.Generator().manual_seed(seed)
-    model = LLaDA2MoeModelLM(LLaDA2MoeConfig(**{k: v for k, v in hf_config("llada2").items()
+    model = LLaDA2MoeModelLM(LLaDA2MoeConfig(**{k: v for k, v in hf_config("llada2", tie=tie).items()
                                                 if k not in ("architectures", "auto_map", "torch_dtype")}))
+    if tie:
+        model.lm_head.weight = model.model.word_embeddings.weight
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
@@ -61,12 +63,14 @@ def reference_model(seed: int = 0):
     return model.eval()
 
 
-def write_hf(directory: str, family: str, seed: int = 0, mtp: int = 0) -> dict:
-    """Write the tiny model in the HF layout of ``family`` (two shards + index); returns its tensors."""
+def write_hf(directory: str, family: str, seed: int = 0, mtp: int = 0, tie: bool = False) -> dict:
+    """Write the tiny model in the HF layout of ``family`` (two shards + index); returns its tensors.
+
+    ``tie``: tied embeddings, with the tied ``lm_head.weight`` copy written too (some savers do)."""
     from safetensors.torch import save_file
 
     os.makedirs(directory)
-    tensors = {k: v.contiguous() for k, v in reference_model(seed).state_dict().items()}
+    tensors = {k: v.clone() for k, v in reference_model(seed, tie).state_dict().items()}
     gen = torch.Generator().manual_seed(seed + 1)
     for i in range(mtp):  # BailingMoeV2MTPLayer names; values are never read by the import
         pre = f"model.layers.{LAYERS + i}."
@@ -85,7 +89,7 @@ def write_hf(directory: str, family: str, seed: int = 0, mtp: int = 0) -> dict:
     with open(os.path.join(directory, "model.safetensors.index.json"), "w") as handle:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, handle)
     with open(os.path.join(directory, "config.json"), "w") as handle:
-        json.dump(hf_config(family, mtp), handle, indent=2)
+        json.dump(hf_config(family, mtp, tie), handle, indent=2)
     if family == "llada2":
         from megatron_dllm.convert.llada2_hf import DIRECTORY, FILES
 
@@ -128,10 +132,10 @@ def load_megatron(out_dir: str, parallel=None):
 
 
 @torch.no_grad()
-def logits_vs_hf(out_dir: str, seed: int, mask_names) -> dict:
+def logits_vs_hf(out_dir: str, seed: int, mask_names, tie: bool = False) -> dict:
     """max |logits_Megatron - logits_HF| per mask (real vocabulary columns), one rank, fp32."""
     model, meta, _ = load_megatron(out_dir)
-    hf = reference_model(seed)
+    hf = reference_model(seed, tie)
     ids = tokens(mask=meta.get("mask_token_id") is not None)
     positions = torch.arange(SEQ)[None].expand(BATCH, SEQ)
     report = {}
@@ -193,6 +197,9 @@ def import_suite_worker(rank, world_size, root):
                               for name in ("bailing_converted", "bailing_dllm", "bailing_ar", "tp1")}
     result["logits_llada2"] = logits_vs_hf(out("tp1"), 0, ("bidirectional", "block_causal", "causal"))
     result["logits_bailing"] = logits_vs_hf(out("bailing_ar"), 0, ("causal",))
+    write_hf(os.path.join(root, "hf_tied"), "bailing", seed=4, tie=True)
+    result["summaries"]["tied"] = _import(os.path.join(root, "hf_tied"), out("tied"))
+    result["logits_tied"] = logits_vs_hf(out("tied"), 4, ("causal",), tie=True)
     # export -> import -> export
     export_hf(out("tp1"), os.path.join(root, "e1"), max_shard_bytes=64 << 10, progress=False)
     _import(os.path.join(root, "e1"), out("again"))

@@ -98,3 +98,9 @@ def test_model_yaml_gives_pretrain_the_checkpoint_model(suite, name):
 def test_dtype_casts_all_weights_but_the_expert_bias(suite):
     assert suite["bf16_dtypes"] == [("expert_bias", "torch.float32"), ("other", "torch.bfloat16")]
     assert 0 < suite["bf16_max_rel"] <= 2 ** -8  # rounded to bf16, nothing else
+
+
+def test_tied_embeddings_import_without_the_lm_head_copy(suite):
+    assert suite["logits_tied"]["causal"] <= 1e-5, suite["logits_tied"]
+    summary = suite["summaries"]["tied"]
+    assert summary["dropped_source_tensors"] == 1 and any("lm_head.weight" in w for w in summary["warnings"])

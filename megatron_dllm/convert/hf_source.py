@@ -50,6 +50,11 @@ def weight_map(directory: str) -> Dict[str, str]:
     return mapping
 
 
+def _finite(data: torch.Tensor) -> bool:
+    """No NaN / Inf in ``data``: a float32 sum first (one pass, no mask), the exact test if it overflows."""
+    return bool(torch.isfinite(data.sum(dtype=torch.float32))) or bool(torch.isfinite(data).all())
+
+
 class HFSource(Source):
     """The HF checkpoint under ``path`` mapped onto our (per-layer) keys; ``dtype`` casts on read."""
 
@@ -59,6 +64,7 @@ class HFSource(Source):
                          config_origin="config.json", layout=None, meta=meta or {})
         self.files = weight_map(path)
         self._handles: Dict[str, object] = {}
+        self._layer: Optional[str] = None
         self._used: set = set()
         self.skipped = set(skipped)
         self.cast = dtype
@@ -82,6 +88,13 @@ class HFSource(Source):
             self._handles[file] = safe_open(os.path.join(self.path, file), "pt")
         return self._handles[file]
 
+    def _enter_layer(self, name: str) -> None:
+        """Unmap the shards when the writer moves to another layer: the pages it read stay out of RSS."""
+        layer = name.split(".")[2] if name.startswith("model.layers.") else name
+        if layer != self._layer:
+            self._handles.clear()
+            self._layer = layer
+
     def _header(self, name: str) -> Tuple[Tuple[int, ...], torch.dtype]:
         part = self._handle(name).get_slice(name)
         dtype = part.get_dtype()
@@ -100,6 +113,7 @@ class HFSource(Source):
         cast = None if self._keeps_dtype(key) else self.cast
 
         def read(offsets, sizes):
+            self._enter_layer(item.name)
             if item.transform == "qkv":
                 cfg = self.config
                 data = hf_qkv_to_mcore(self._handle(item.name).get_tensor(item.name), cfg.num_attention_heads,
@@ -108,7 +122,7 @@ class HFSource(Source):
             else:
                 box = tuple(slice(o, o + s) for o, s in zip(offsets[lead:], sizes[lead:]))
                 data = self._handle(item.name).get_slice(item.name)[box]
-            if data.is_floating_point() and not bool(torch.isfinite(data).all()):
+            if data.is_floating_point() and not _finite(data):
                 raise ConversionError(f"{item.name} holds NaN / Inf values: the checkpoint is damaged")
             data = data.reshape(sizes)
             return data if cast is None else data.to(cast)

@@ -4,7 +4,8 @@
     python tools/import_hf.py --hf HF_DIR --save OUT_DIR \\
         [--target-tensor-model-parallel-size N --target-pipeline-model-parallel-size N \\
          --target-expert-model-parallel-size N] [--dtype keep|bf16|fp32|fp16] \\
-        [--to-dllm [--mask-token-id ID | --add-mask-token] [--mask-embedding-init mean|zero|copy:ID]]
+        [--to-dllm [--mask-token-id ID | --add-mask-token] [--mask-embedding-init mean|zero|copy:ID]
+                   [--label-shift | --token-shift]]
 
 HF_DIR: config.json (model_type llada2_moe or bailing_moe) and model*.safetensors (with an index when
 sharded). The Megatron model is derived from config.json. LLaDA2 sources become dLLM checkpoints (the
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     mask.add_argument("--mask-token-id", type=int, help="Use this id as [MASK].")
     mask.add_argument("--add-mask-token", action="store_true", help="With --to-dllm: add a new [MASK] token.")
     p.add_argument("--mask-embedding-init", default="mean", help="New rows: mean (default), zero, or copy:ID.")
+    shift = p.add_mutually_exclusive_group()
+    shift.add_argument("--label-shift", action="store_true",
+                       help="With --to-dllm: record AR-aligned labels (as convert_ar_to_dllm.py --label-shift).")
+    shift.add_argument("--token-shift", action="store_true",
+                       help="With --to-dllm: record the token shift (as convert_ar_to_dllm.py --token-shift).")
     p.add_argument("--max-file-gb", type=float, default=8.0, help="Size of each output data file.")
     p.add_argument("--quiet", action="store_true", help="No progress bar.")
     return p
@@ -59,7 +65,8 @@ def main(argv=None) -> int:
         target_pipeline_parallel=args.target_pipeline_model_parallel_size,
         target_expert_parallel=args.target_expert_model_parallel_size, dtype=args.dtype, to_dllm=args.to_dllm,
         mask_token_id=args.mask_token_id, add_mask_token=args.add_mask_token,
-        mask_embedding_init=args.mask_embedding_init, max_file_gb=args.max_file_gb)
+        mask_embedding_init=args.mask_embedding_init, label_shift=args.label_shift, token_shift=args.token_shift,
+        max_file_gb=args.max_file_gb)
     try:
         prepared = prepare_import(request)
     except (ConversionError, CheckpointError, OSError) as exc:

@@ -51,6 +51,8 @@ class ImportRequest:
     mask_token_id: Optional[int] = None
     add_mask_token: bool = False
     mask_embedding_init: str = "mean"
+    label_shift: bool = False
+    token_shift: bool = False
     max_file_gb: float = 8.0
 
 
@@ -63,6 +65,7 @@ class PreparedImport:
 
 
 def read_hf_config(directory: str) -> dict:
+    """The ``config.json`` of an HF model directory as a dict; ConversionError when there is none."""
     path = os.path.join(directory, "config.json")
     if not os.path.isdir(directory):
         raise ConversionError(f"--hf {directory} is not a directory")
@@ -128,6 +131,11 @@ def prepare_import(request: ImportRequest) -> PreparedImport:
     imported = model_config_from_hf(read_hf_config(request.hf))
     if request.to_dllm and imported.family == LLADA2:
         raise ConversionError("--to-dllm is for AR sources (bailing_moe): an llada2_moe checkpoint is already a dLLM")
+    if (request.label_shift or request.token_shift) and not request.to_dllm:
+        raise ConversionError("--label-shift / --token-shift record how a converted AR model is trained: they need "
+                              "--to-dllm (released LLaDA2 models use same-position labels)")
+    if request.label_shift and request.token_shift:
+        raise ConversionError("--label-shift and --token-shift are two shifts: pick one")
     parallel = target_parallel(imported.model, request.target_tensor_parallel, request.target_pipeline_parallel,
                                request.target_expert_parallel)
     meta = {"objective": imported.objective}
@@ -140,7 +148,8 @@ def prepare_import(request: ImportRequest) -> PreparedImport:
                                      target_tensor_parallel=parallel.tensor_model_parallel_size,
                                      target_pipeline_parallel=parallel.pipeline_model_parallel_size,
                                      target_expert_parallel=parallel.expert_model_parallel_size,
-                                     mask_embedding_init=request.mask_embedding_init, max_file_gb=request.max_file_gb)
+                                     mask_embedding_init=request.mask_embedding_init, label_shift=request.label_shift,
+                                     token_shift=request.token_shift, max_file_gb=request.max_file_gb)
     objective = "mdlm" if (request.to_dllm or imported.objective == "mdlm") else "ar"
     return PreparedImport(request, imported, PreparedConversion(convert_request, source, model, parallel, plan),
                           objective)
@@ -181,6 +190,9 @@ def model_yaml(prepared: PreparedImport) -> str:
     lines.append(f"dllm-objective: {prepared.objective}")
     if prepared.conversion.plan.mask_token_id is not None:
         lines.append(f"dllm-mask-token-id: {prepared.conversion.plan.mask_token_id}")
+    for name in ("label_shift", "token_shift"):
+        if getattr(prepared.request, name):
+            lines.append(f"dllm-{name.replace('_', '-')}: true")
     return "\n".join(lines) + "\n"
 
 

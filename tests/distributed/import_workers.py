@@ -189,12 +189,14 @@ def import_suite_worker(rank, world_size, root):
         result["summaries"][name] = _import(llada2, out(name), **kwargs)
     result["summaries"]["bailing_ar"] = _import(bailing, out("bailing_ar"))
     result["summaries"]["bailing_dllm"] = _import(bailing, out("bailing_dllm"), to_dllm=True)
+    _import(bailing, out("bailing_token_shift"), to_dllm=True, token_shift=True)
     run(prepare(ConvertRequest(load=out("bailing_ar"), save=out("bailing_converted"))), progress=False)
     converted, direct = _dcp_tensors(out("bailing_converted")), _dcp_tensors(out("bailing_dllm"))
     result["to_dllm_keys_equal"] = sorted(converted) == sorted(direct)
     result["to_dllm_max_diff"] = max((converted[k].double() - direct[k].double()).abs().max().item() for k in direct)
     result["to_dllm_meta"] = {name: json.load(open(os.path.join(out(name), "iter_0000000", "dllm_meta.json")))
-                              for name in ("bailing_converted", "bailing_dllm", "bailing_ar", "tp1")}
+                              for name in ("bailing_converted", "bailing_dllm", "bailing_ar", "tp1",
+                                           "bailing_token_shift")}
     result["logits_llada2"] = logits_vs_hf(out("tp1"), 0, ("bidirectional", "block_causal", "causal"))
     result["logits_bailing"] = logits_vs_hf(out("bailing_ar"), 0, ("causal",))
     write_hf(os.path.join(root, "hf_tied"), "bailing", seed=4, tie=True)

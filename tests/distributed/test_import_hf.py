@@ -80,7 +80,7 @@ def test_damaged_weights_fail_in_one_line_and_leave_nothing(suite):
     assert "\n" not in got["message"] and got["left"] == []
 
 
-@pytest.mark.parametrize("name", ["tp1", "bailing_ar", "bailing_dllm"])
+@pytest.mark.parametrize("name", ["tp1", "bailing_ar", "bailing_dllm", "bailing_token_shift"])
 def test_model_yaml_gives_pretrain_the_checkpoint_model(suite, name):
     """``pretrain --config OUT/model.yaml --load OUT`` passes the architecture check of the loader."""
     from megatron_dllm.arguments import parse_args
@@ -93,6 +93,8 @@ def test_model_yaml_gives_pretrain_the_checkpoint_model(suite, name):
     assert run.diffusion.objective == meta["objective"]
     assert run.diffusion.mask_token_id == meta["mask_token_id"]
     assert run.model.vocab_size == meta["run"]["model"]["vocab_size"]
+    assert (run.diffusion.label_shift, run.diffusion.token_shift) == (meta["label_shift"], meta["token_shift"])
+    assert meta["token_shift"] == (name == "bailing_token_shift")
 
 
 def test_dtype_casts_all_weights_but_the_expert_bias(suite):

@@ -118,6 +118,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "import supports llada2_moe" in _one_line_error(capsys, ["--hf", unknown, "--save", out])
     assert "already a dLLM" in _one_line_error(capsys, ["--hf", llada2, "--save", out, "--to-dllm"])
     assert "need --to-dllm" in _one_line_error(capsys, ["--hf", bailing, "--save", out, "--add-mask-token"])
+    assert "they need --to-dllm" in _one_line_error(capsys, ["--hf", bailing, "--save", out, "--token-shift"])
     assert "has no tensor model.layers.0.input_layernorm.weight" in _one_line_error(
         capsys, ["--hf", bailing, "--save", out])  # every tensor is checked before anything is written
     assert "TP 3" in _one_line_error(capsys, ["--hf", llada2, "--save", out,

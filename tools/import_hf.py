@@ -11,8 +11,9 @@ HF_DIR: config.json (model_type llada2_moe or bailing_moe) and model*.safetensor
 sharded). The Megatron model is derived from config.json. LLaDA2 sources become dLLM checkpoints (the
 config's mask_token_id); BailingMoeV2 (Ling-2.0) sources become AR checkpoints, or dLLM ones with
 --to-dllm (the same result as importing, then tools/convert_ar_to_dllm.py). MTP layers are dropped
-with a warning. OUT_DIR must not exist; it appears complete or not at all. Then
-``python -m megatron_dllm.pretrain --load OUT_DIR ...``. Bad input: one ``error:`` line, exit 2.
+with a warning. OUT_DIR must not exist; it appears complete or not at all, with OUT_DIR/model.yaml (the
+model's flags). Then ``python -m megatron_dllm.pretrain --config OUT_DIR/model.yaml --load OUT_DIR ...``.
+Bad input: one ``error:`` line, exit 2.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def main(argv=None) -> int:
     finally:
         teardown()
     print(json.dumps(summary, indent=2))
-    print(f"then: python -m megatron_dllm.pretrain --load {args.save} ...")
+    print(f"then: python -m megatron_dllm.pretrain --config {os.path.join(args.save, 'model.yaml')} "
+          f"--load {args.save} ...")
     return 0
 
 

@@ -20,6 +20,7 @@ def test_import_then_pretrain_and_generate(tmp_path):
     assert "importing: 100.0%" in proc.stderr  # progress
     summary = json.loads(proc.stdout[proc.stdout.index("{"): proc.stdout.rindex("}") + 1])
     assert summary["family"] == "llada2_moe" and summary["mask_token_id"] == MASK_ID
+    assert f"then: python -m megatron_dllm.pretrain --config {out}/model.yaml --load {out}" in proc.stdout
     assert sorted(os.listdir(out)) == ["iter_0000000", "latest_checkpointed_iteration.txt", "model.yaml"]
     run = pretrain(["--config", os.path.join(out, "model.yaml"), "--mock-data", "--device", "cpu", "--load", out,
                     "--save", str(tmp_path / "cpt"), "--train-iters", "1", "--seq-length", "32",

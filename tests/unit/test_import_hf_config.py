@@ -139,8 +139,8 @@ def _released(model_type, arch, layers, hidden, ffn, heads, moe_ffn):
                 head_dim=128, hidden_act="silu", use_qkv_bias=False, use_bias=False, use_qk_norm=True,
                 rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=32768, rope_theta=600000,
                 partial_rotary_factor=0.5, rope_scaling=None, num_experts=256, num_shared_experts=1,
-                num_experts_per_tok=8, n_group=8, topk_group=4, routed_scaling_factor=2.5, moe_intermediate_size=moe_ffn,
-                first_k_dense_replace=1, score_function="sigmoid", moe_router_enable_expert_bias=True,
+                num_experts_per_tok=8, n_group=8, topk_group=4, routed_scaling_factor=2.5,
+                moe_intermediate_size=moe_ffn, first_k_dense_replace=1, score_function="sigmoid", moe_router_enable_expert_bias=True,
                 router_dtype="fp32", num_nextn_predict_layers=0, pad_token_id=156892, eos_token_id=156892,
                 use_cache=True, output_router_logits=False, initializer_range=0.02, torch_dtype="bfloat16",
                 norm_topk_prob=True, max_window_layers=layers, mtp_loss_scaling_factor=0)

@@ -9,9 +9,12 @@ plus two small Megatron files::
     metadata.json    {"sharded_backend": "torch_dist", ...}       (Megatron-Core's format marker)
     common.pt        the non-sharded part of the state dict       ({} for a model-only checkpoint)
 
-:class:`DcpReader` reads any box of a global tensor, touching only the chunks that overlap it and
-reading only their bytes. :class:`DcpWriter` appends chunks to data files as they are produced and
-writes ``.metadata`` at the end, so a checkpoint of any size is written holding one chunk in memory
+:class:`DcpReader` reads any box of a global tensor with ``torch.distributed.checkpoint.load`` (one
+process, no process group): DCP's resharding plan picks the chunks that overlap the box and its file
+reader loads each with ``torch.load(weights_only=True)``, one chunk in memory at a time. ``.metadata``
+goes through the allow-list reader of ``safe_pickle`` (:class:`SafeFileSystemReader`).
+:class:`DcpWriter` appends chunks to data files as they are produced and writes ``.metadata`` at the
+end, so a checkpoint of any size is written holding one chunk in memory
 (``torch.distributed.checkpoint.save`` plans with every tensor present, and its file writer keeps a
 reference to each tensor until its file is complete). The output is what ``dist_checkpointing.save``
 writes: ``dist_checkpointing.load`` and ``torch.distributed.checkpoint`` read it under any layout.
@@ -24,6 +27,7 @@ import json
 import os
 import pickle
 import uuid
+import zipfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -31,7 +35,8 @@ import torch
 
 from megatron_dllm.checkpoint.errors import CheckpointError
 from megatron_dllm.checkpoint.integrity import check_data_files
-from megatron_dllm.checkpoint.safe_pickle import TensorRef, load_dcp_metadata, load_lazy, load_tensor
+from megatron_dllm.checkpoint.safe_pickle import load_dcp_metadata, safe_torch_load
+
 
 def _dcp():
     """torch.distributed.checkpoint's metadata classes (imported on first use: the import costs ~1 s)."""
@@ -44,21 +49,114 @@ MCORE_METADATA = {"sharded_backend": "torch_dist", "sharded_backend_version": 1,
                   "common_backend": "torch", "common_backend_version": 1}
 
 
+def safe_file_system_reader(path: str):
+    """torch's DCP ``FileSystemReader`` of ``path`` with ``.metadata`` read through the allow-list (cached).
+
+    Its ``read_data`` loads tensor items with ``torch.load(weights_only=True)``; byte items go to the
+    planner's ``load_bytes`` (ours use :func:`safe_torch_load`).
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeFileSystemReader(FileSystemReader):
+        def __init__(self, checkpoint_path) -> None:
+            super().__init__(path=checkpoint_path)
+            self._metadata = None
+
+        def read_metadata(self, *args, **kwargs):
+            if self._metadata is None:
+                metadata = load_dcp_metadata(os.path.join(str(self.path), ".metadata"))
+                if getattr(metadata, "storage_meta", None) is None:
+                    metadata.storage_meta = StorageMeta()
+                metadata.storage_meta.load_id = self.load_id
+                self._metadata = metadata
+            return self._metadata
+
+    return SafeFileSystemReader(path)
+
+
+def box_reads(key: str, shape, chunks, offsets, sizes):
+    """DCP's resharding plan: the ``ReadItem``s that fill box ``offsets``/``sizes`` of a tensor stored
+    as ``chunks`` [(offsets, sizes)]; ``storage_index.index`` is the chunk's position in ``chunks``."""
+    from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, TensorProperties,
+                                                       TensorStorageMetadata)
+    from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
+
+    stored = TensorStorageMetadata(TensorProperties(), torch.Size(shape),
+                                   [ChunkStorageMetadata(torch.Size(o), torch.Size(s)) for o, s in chunks])
+    box = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes))
+    return create_read_items_for_chunk_list(key, stored, [box])
+
+
+def narrow(tensor: torch.Tensor, offsets, lengths) -> torch.Tensor:
+    """The view ``tensor[offsets : offsets + lengths]`` (per dimension)."""
+    for dim, (start, length) in enumerate(zip(offsets, lengths)):
+        tensor = tensor.narrow(dim, start, length)
+    return tensor
+
+
+def _box_planner(key: str, offsets, sizes, out: torch.Tensor):
+    """A DCP ``LoadPlanner`` that fills ``out`` with box ``offsets``/``sizes`` of global tensor ``key``."""
+    from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
+
+    class BoxPlanner(LoadPlanner):
+        covered = 0
+
+        def set_up_planner(self, state_dict, metadata=None, is_coordinator=False):
+            self.metadata = metadata
+
+        def create_local_plan(self):
+            md = self.metadata.state_dict_metadata[key]
+            return LoadPlan(box_reads(key, md.size, [(c.offsets, c.sizes) for c in md.chunks], offsets, sizes))
+
+        def create_global_plan(self, global_plan):
+            return global_plan
+
+        def finish_plan(self, central_plan):
+            return central_plan
+
+        def load_bytes(self, read_item, value):
+            raise CheckpointError(f"{key} is a tensor, not an object")
+
+        def resolve_tensor(self, read_item):
+            return narrow(out, read_item.dest_offsets, read_item.lengths)
+
+        def commit_tensor(self, read_item, tensor):
+            self.covered += tensor.numel()
+
+    return BoxPlanner()
+
+
+def dcp_failure(exc: BaseException) -> BaseException:
+    """The exception behind a DCP error (DCP gathers each rank's failure as (exception, traceback))."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        return first[0] if isinstance(first, tuple) else first
+    return exc
+
+
+def dcp_load_error(directory: str, exc: BaseException) -> Optional[CheckpointError]:
+    """The one-line error for a DCP load of ``directory`` that failed with ``exc`` (None: not the files' fault)."""
+    cause = dcp_failure(exc)
+    text = str(cause)
+    if isinstance(cause, pickle.UnpicklingError) and ("GLOBAL" in text or "Can only build" in text):
+        return CheckpointError(f"{directory}: a tensor item of its .distcp files holds objects other than a "
+                               "tensor: refusing to load it (use a trusted checkpoint)")
+    if isinstance(cause, (EOFError, zipfile.BadZipFile, pickle.UnpicklingError)) or (
+            isinstance(cause, RuntimeError) and "PytorchStreamReader" in text):
+        return CheckpointError(f"{directory}: a tensor item of its .distcp files is corrupt "
+                               f"({cause.__class__.__name__}): the checkpoint is damaged (resume from an earlier "
+                               "iteration or copy it again)")
+    return None
+
+
 @dataclass
 class Chunk:
-    """One stored piece of a global tensor: ``offsets`` / ``sizes`` per dim, bytes in ``file``."""
+    """One stored piece of a global tensor: ``offsets`` / ``sizes`` per dim."""
 
     offsets: Tuple[int, ...]
     sizes: Tuple[int, ...]
-    file: str
-    byte_offset: int
-    byte_length: int
-    _ref: Optional[TensorRef] = None
-
-    def ref(self) -> TensorRef:
-        if self._ref is None:
-            self._ref = load_tensor(self.file, self.byte_offset, self.byte_length)
-        return self._ref
 
 
 @dataclass
@@ -73,29 +171,19 @@ class DcpReader:
 
     def __init__(self, path: str):
         self.path = path
-        meta_file = os.path.join(path, ".metadata")
-        if not os.path.isfile(meta_file):
+        if not os.path.isfile(os.path.join(path, ".metadata")):
             raise CheckpointError(f"{path} has no .metadata file: not a torch_dist checkpoint (or incomplete)")
-        metadata = load_dcp_metadata(meta_file)
-        where: Dict[Tuple[str, Optional[Tuple[int, ...]]], object] = {}
-        for index, info in metadata.storage_data.items():
-            offset = tuple(index.offset) if index.offset is not None else None
-            where[(index.fqn, offset)] = info
+        self._reader = safe_file_system_reader(path)
+        metadata = self._reader.read_metadata()
+        self._storage = metadata.storage_data
         self.tensors: Dict[str, TensorInfo] = {}
         self.objects: Dict[str, object] = {}
         bytes_type = _dcp()[0].BytesStorageMetadata
         for key, md in metadata.state_dict_metadata.items():
             if isinstance(md, bytes_type):
-                self.objects[key] = where.get((key, None))
+                self.objects[key] = md
                 continue
-            chunks = []
-            for chunk in md.chunks:
-                offsets = tuple(int(o) for o in chunk.offsets)
-                info = where.get((key, offsets))
-                if info is None:
-                    raise CheckpointError(f"{path}: no data recorded for {key} at {offsets}: the checkpoint is incomplete")
-                chunks.append(Chunk(offsets, tuple(int(s) for s in chunk.sizes),
-                                    os.path.join(path, info.relative_path), info.offset, info.length))
+            chunks = [Chunk(tuple(int(o) for o in c.offsets), tuple(int(s) for s in c.sizes)) for c in md.chunks]
             self.tensors[key] = TensorInfo(tuple(int(s) for s in md.size), md.properties.dtype, chunks)
         check_data_files(path, metadata)  # every data file present and long enough
 
@@ -111,51 +199,46 @@ class DcpReader:
                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Elements ``[offsets, offsets + sizes)`` of global tensor ``key``, shape ``sizes``.
 
-        Reads only the overlapping chunks, and of those only the rows needed. Fills ``out`` when given.
+        Reads only the chunks that overlap the box (each whole, one at a time). Fills ``out`` when given.
         """
+        from torch.distributed.checkpoint import load
+        from torch.distributed.checkpoint.api import CheckpointException
+
         info = self.tensors.get(key)
         if info is None:
             raise CheckpointError(f"{self.path}: no tensor {key!r}")
-        offsets, sizes = tuple(offsets), tuple(sizes)
-        if len(offsets) != len(info.shape) or any(
+        offsets, sizes = tuple(int(o) for o in offsets), tuple(int(s) for s in sizes)
+        if len(offsets) != len(info.shape) or len(sizes) != len(info.shape) or any(
                 o < 0 or o + s > g for o, s, g in zip(offsets, sizes, info.shape)):
             raise CheckpointError(f"{key}: box {offsets}+{sizes} outside global shape {info.shape}")
-        for chunk in info.chunks:  # fast path: the box is exactly one stored chunk
-            if chunk.offsets == offsets and chunk.sizes == sizes:
-                return chunk.ref().load(out=out)
         result = out if out is not None else torch.empty(sizes, dtype=info.dtype)
-        covered = 0
-        for chunk in info.chunks:
-            lo = [max(o, c) for o, c in zip(offsets, chunk.offsets)]
-            hi = [min(o + s, c + cs) for o, s, c, cs in zip(offsets, sizes, chunk.offsets, chunk.sizes)]
-            if any(h <= l for l, h in zip(lo, hi)):
-                continue
-            local = [slice(l - c, h - c) for l, h, c in zip(lo, hi, chunk.offsets)]
-            target = tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, offsets))
-            full_rows = all(sl.start == 0 and sl.stop == cs for sl, cs in zip(local[1:], chunk.sizes[1:]))
-            if local and full_rows:
-                part = chunk.ref().load(rows=(local[0].start, local[0].stop))
-            else:
-                part = chunk.ref().load()[tuple(local)]
-            result[target].copy_(part)
-            del part
-            n = 1
-            for l, h in zip(lo, hi):
-                n *= h - l
-            covered += n
-        want = 1
-        for s in sizes:
-            want *= s
-        if covered < want:
+        if tuple(result.shape) != sizes:
+            raise ValueError(f"out has shape {tuple(result.shape)}, expected {sizes}")
+        planner = _box_planner(key, offsets, sizes, result)
+        try:
+            load({key: result}, storage_reader=self._reader, planner=planner, no_dist=True)
+        except CheckpointError:
+            raise
+        except (Exception, CheckpointException) as exc:  # DCP wraps what its reader raised
+            error = dcp_load_error(self.path, exc)
+            if error is None:
+                raise
+            raise error from None
+        if planner.covered != result.numel():
             raise CheckpointError(f"{self.path}: {key} box {offsets}+{sizes} is not fully stored: the checkpoint is incomplete")
         return result
 
     def read_object(self, key: str):
-        """A ShardedObject's value (the list mcore saved, loaded with the restricted unpickler)."""
-        info = self.objects.get(key)
+        """A ShardedObject's value (the list Megatron-Core saved), read with ``safe_torch_load``."""
+        from torch.distributed.checkpoint.metadata import MetadataIndex
+
+        info = self._storage.get(MetadataIndex(key)) if key in self.objects else None
         if info is None:
             raise CheckpointError(f"{self.path}: no object {key!r}")
-        return load_lazy(os.path.join(self.path, info.relative_path), info.offset, info.length)
+        with open(os.path.join(self.path, info.relative_path), "rb") as handle:
+            handle.seek(int(info.offset))
+            data = handle.read(int(info.length))
+        return safe_torch_load(io.BytesIO(data), f"{self.path}: item {key}", megatron_lm=True)
 
 
 class DcpWriter:

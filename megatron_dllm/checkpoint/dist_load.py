@@ -24,27 +24,11 @@ from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.strategies import torch as mcore_torch
 from megatron.core.dist_checkpointing.strategies.common import COMMON_STATE_FNAME, TorchCommonLoadStrategy
 from torch.distributed import checkpoint as dcp
-from torch.distributed.checkpoint.metadata import StorageMeta
+from torch.distributed.checkpoint.api import CheckpointException
 
+from megatron_dllm.checkpoint.dcp_io import dcp_load_error, safe_file_system_reader
 from megatron_dllm.checkpoint.integrity import check_torch_dist
-from megatron_dllm.checkpoint.safe_pickle import load_dcp_metadata, safe_torch_load
-
-
-class SafeFileSystemReader(dcp.FileSystemReader):
-    """torch's DCP file reader with ``.metadata`` read through the allow-list (and cached)."""
-
-    def __init__(self, path) -> None:
-        super().__init__(path=path)
-        self._metadata = None
-
-    def read_metadata(self, *args, **kwargs):
-        if self._metadata is None:
-            metadata = load_dcp_metadata(os.path.join(str(self.path), ".metadata"))
-            if getattr(metadata, "storage_meta", None) is None:
-                metadata.storage_meta = StorageMeta()
-            metadata.storage_meta.load_id = self.load_id
-            self._metadata = metadata
-        return self._metadata
+from megatron_dllm.checkpoint.safe_pickle import safe_torch_load
 
 
 class SafeLoadPlanner(mcore_torch.MCoreLoadPlanner):
@@ -71,7 +55,7 @@ class SafeTorchDistLoadStrategy(mcore_torch.TorchDistLoadShardedStrategy):
         sharded_state_dict, flat_mapping, rename_mapping = (
             mcore_torch._replace_state_dict_keys_with_sharded_keys(sharded_state_dict))
         pyt_state_dict = mcore_torch.mcore_to_pyt_state_dict(sharded_state_dict, True)
-        reader = SafeFileSystemReader(checkpoint_dir)
+        reader = safe_file_system_reader(checkpoint_dir)
         dcp.load_state_dict(pyt_state_dict, reader, planner=SafeLoadPlanner(
             shapes_validation_sharded_tensors=flexible, allow_shape_mismatch_sharded_tensors=mismatch))
         self.cached_global_metadata = reader.read_metadata()
@@ -92,6 +76,12 @@ class SafeCommonLoadStrategy(TorchCommonLoadStrategy):
 def safe_dist_load(sharded_state_dict, directory: str):
     """``dist_checkpointing.load`` of ``directory`` after :func:`check_torch_dist`; nothing in it runs."""
     check_torch_dist(directory)
-    return dist_checkpointing.load(sharded_state_dict, directory,
-                                   sharded_strategy=SafeTorchDistLoadStrategy(),
-                                   common_strategy=SafeCommonLoadStrategy())
+    try:
+        return dist_checkpointing.load(sharded_state_dict, directory,
+                                       sharded_strategy=SafeTorchDistLoadStrategy(),
+                                       common_strategy=SafeCommonLoadStrategy())
+    except (Exception, CheckpointException) as exc:  # DCP wraps what its reader raised
+        error = dcp_load_error(directory, exc)
+        if error is None:
+            raise
+        raise error from None

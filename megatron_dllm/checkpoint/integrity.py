@@ -2,8 +2,8 @@
 
 Every pickle of the folder is read with a reader that refuses code (``.metadata`` with an allow-list
 of torch's metadata records, ``common.pt`` and each ShardedObject item with
-``torch.load(weights_only=True)``, or, for checkpoints written by Megatron-LM whose items hold
-``argparse.Namespace`` / numpy RNG states, with the lazy allow-list reader of ``safe_pickle``), and
+``torch.load(weights_only=True)``, for checkpoints written by Megatron-LM, whose items hold
+``argparse.Namespace`` / numpy RNG states / enums, with the allowances of ``safe_pickle``), and
 every data file named by the metadata must exist and be long enough for the bytes recorded in it. A failure is one CheckpointError line that names the file.
 Tensor items are checked by length only: torch's DCP reader already loads them with ``weights_only``.
 """
@@ -14,7 +14,7 @@ import io
 import os
 
 from megatron_dllm.checkpoint.errors import CheckpointError
-from megatron_dllm.checkpoint.safe_pickle import load_dcp_metadata, load_lazy, safe_torch_load
+from megatron_dllm.checkpoint.safe_pickle import load_dcp_metadata, safe_torch_load
 
 COMMON = "common.pt"
 
@@ -36,10 +36,10 @@ def check_data_files(directory: str, metadata) -> None:
                                   "checkpoint is incomplete (resume from an earlier iteration or copy it again)")
 
 
-def check_object_items(directory: str, metadata, lazy: bool = False) -> None:
+def check_object_items(directory: str, metadata, megatron_lm: bool = False) -> None:
     """Every ShardedObject item (a pickled value inside a ``.distcp`` file) loads without running code.
 
-    ``lazy``: through the allow-list reader (Megatron-LM items), else ``torch.load(weights_only=True)``.
+    ``megatron_lm``: with the allowances for Megatron-LM's items, else plain ``torch.load(weights_only=True)``.
     """
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
 
@@ -50,19 +50,16 @@ def check_object_items(directory: str, metadata, lazy: bool = False) -> None:
         if info is None:
             raise CheckpointError(f"{directory}: no data recorded for {key}: the checkpoint is incomplete")
         path = os.path.join(directory, info.relative_path)
-        if lazy:
-            load_lazy(path, int(info.offset), int(info.length))
-            continue
         with open(path, "rb") as handle:
             handle.seek(int(info.offset))
             data = handle.read(int(info.length))
-        safe_torch_load(io.BytesIO(data), f"{directory}: item {key} of {info.relative_path}")
+        safe_torch_load(io.BytesIO(data), f"{directory}: item {key} of {info.relative_path}", megatron_lm=megatron_lm)
 
 
-def check_torch_dist(directory: str, lazy: bool = False):
+def check_torch_dist(directory: str, megatron_lm: bool = False):
     """Refuse an unsafe or incomplete torch_dist folder; returns its DCP metadata when it is sound.
 
-    ``lazy``: read the pickled values with the allow-list reader (converter sources) instead of
+    ``megatron_lm``: allow what Megatron-LM pickles (converter sources; see ``safe_pickle``), else plain
     ``torch.load(weights_only=True)`` (checkpoints that this package loads into a model).
     """
     meta_file = os.path.join(directory, ".metadata")
@@ -70,8 +67,8 @@ def check_torch_dist(directory: str, lazy: bool = False):
         raise CheckpointError(f"{directory} has no .metadata file: not a torch_dist checkpoint, or an incomplete one")
     metadata = load_dcp_metadata(meta_file)
     check_data_files(directory, metadata)
-    check_object_items(directory, metadata, lazy)
+    check_object_items(directory, metadata, megatron_lm)
     common = os.path.join(directory, COMMON)
     if os.path.isfile(common):
-        load_lazy(common) if lazy else safe_torch_load(common, common)
+        safe_torch_load(common, common, megatron_lm=megatron_lm)
     return metadata

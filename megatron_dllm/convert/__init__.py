@@ -3,6 +3,7 @@
 One job per module (the tools in ``tools/`` are thin CLIs over them):
 
     readers.py            open a source (torch_dist or legacy ``mp_rank_*``), read any box of a global tensor
+    legacy_file.py        a Megatron-LM ``model_optim_rng.pt``, memory-mapped (safe load), read tensor by tensor
     keymap.py             legacy / torch_dist key spellings -> our sharded keys, TP split rules
     source_config.py      ModelConfig from dllm_meta.json or Megatron-LM's saved args
     mask_token.py         mask-token policy and new embedding / output rows

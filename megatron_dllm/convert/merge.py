@@ -67,7 +67,7 @@ def merge_checkpoints(inputs: List[str], output: str, log: Callable[[str], None]
     paths = [resolve_checkpoint(p) for p in inputs]
     check_output(output, paths)
     for path in paths:
-        check_torch_dist(path, lazy=True)  # every pickle and data file, before anything is read
+        check_torch_dist(path, megatron_lm=True)  # every pickle and data file, before anything is read
     readers = [DcpReader(p) for p in paths]
     keys = _model_keys(readers[0])
     for path, reader in zip(paths[1:], readers[1:]):

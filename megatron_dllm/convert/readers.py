@@ -26,14 +26,15 @@ import torch
 
 from megatron_dllm.config import ModelConfig
 from megatron_dllm.convert import keymap
-from megatron_dllm.checkpoint.dcp_io import DcpReader
+from megatron_dllm.checkpoint.dcp_io import DcpReader, box_reads, narrow
 from megatron_dllm.checkpoint.integrity import check_torch_dist
 from megatron_dllm.convert.errors import ConversionError
 from megatron_dllm.convert.keymap import Split
 from megatron_dllm.checkpoint.layout import DLLM_META, detect_format, dllm_checkpoint_dir, find_checkpoint_dir
 from megatron_dllm.checkpoint.layout import rank_dirs as _rank_dirs
 from megatron_dllm.checkpoint.layout import read_meta_file
-from megatron_dllm.checkpoint.safe_pickle import TensorRef, load_lazy
+from megatron_dllm.checkpoint.safe_pickle import safe_torch_load
+from megatron_dllm.convert.legacy_file import LegacyFile, LegacyTensor
 from megatron_dllm.convert.source_config import (
     SourceLayout,
     layout_from_args,
@@ -84,15 +85,11 @@ class PieceTensor:
                 return out.copy_(data) if out is not None else data
         result = out if out is not None else torch.empty(sizes, dtype=self.dtype)
         covered = 0
-        for piece in self.pieces:
-            lo = [max(o, p) for o, p in zip(offsets, piece.offsets)]
-            hi = [min(o + s, p + ps) for o, s, p, ps in zip(offsets, sizes, piece.offsets, piece.sizes)]
-            if any(h <= l for l, h in zip(lo, hi)):
-                continue
-            part = piece.read(tuple(l - p for l, p in zip(lo, piece.offsets)), tuple(h - l for l, h in zip(lo, hi)))
-            result[tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, offsets))].copy_(part)
+        for item in box_reads(self.key, self.shape, [(p.offsets, p.sizes) for p in self.pieces], offsets, sizes):
+            part = self.pieces[item.storage_index.index].read(tuple(item.storage_offsets), tuple(item.lengths))
+            narrow(result, item.dest_offsets, item.lengths).copy_(part)
             del part
-            covered += _numel([h - l for l, h in zip(lo, hi)])
+            covered += _numel(item.lengths)
         if covered != _numel(sizes):
             raise ConversionError(
                 f"{self.key}: the checkpoint stores {covered} of the {_numel(sizes)} elements of box "
@@ -225,8 +222,8 @@ class TorchDistSource(Source):
 class LegacySource(Source):
     """Megatron-LM ``--ckpt-format torch`` checkpoint: one ``model_optim_rng.pt`` per model-parallel rank."""
 
-    def __init__(self, states: Dict[Tuple[int, int, int], dict], **kwargs):
-        """``states``: the lazily unpickled file of each (TP, PP, EP) rank."""
+    def __init__(self, states: Dict[Tuple[int, int, int], LegacyFile], **kwargs):
+        """``states``: the mapped file of each (TP, PP, EP) rank."""
         super().__init__(**kwargs)
         self._pieces: Dict[str, List[Piece]] = {}
         self._dtypes: Dict[str, torch.dtype] = {}
@@ -264,11 +261,11 @@ class LegacySource(Source):
         per_chunk = cfg.num_layers // (pp * vpp)
         experts_local = (cfg.num_experts or 0) // ep
         unknown = []
-        for (t, p, e), state in sorted(states.items()):
-            chunks = [state["model"]] if "model" in state else [state[f"model{c}"] for c in range(vpp)]
-            for chunk_index, model_sd in enumerate(chunks):
-                for local_key, ref in model_sd.items():
-                    if not isinstance(ref, TensorRef) or keymap.IGNORED.match(local_key):
+        for (t, p, e), file in sorted(states.items()):
+            chunks = [("model",)] if "model" in file.state() else [(f"model{c}",) for c in range(vpp)]
+            for chunk_index, prefix in enumerate(chunks):
+                for local_key, ref in file.tensors(prefix):
+                    if keymap.IGNORED.match(local_key):
                         continue
                     if keymap.DROPPED.match(local_key):
                         continue
@@ -317,7 +314,7 @@ def _unsqueeze_reader(read):
     return inner
 
 
-def _pieces(ref: TensorRef, split: Split, t: int, tp: int, gated: bool, experts_local: int):
+def _pieces(ref: LegacyTensor, split: Split, t: int, tp: int, gated: bool, experts_local: int):
     """Pieces of one rank's local tensor ``ref`` placed in its global tensor (TP rank t of tp)."""
     shape = ref.shape
     into = lambda out: ref.load(out=out)  # noqa: E731 - whole local tensor straight into a buffer
@@ -352,8 +349,8 @@ def _pieces(ref: TensorRef, split: Split, t: int, tp: int, gated: bool, experts_
     raise ConversionError(f"unknown split {split}")
 
 
-def _grouped_blocks(ref: TensorRef, experts: int, weight1: bool):
-    """(local expert, TensorRef of its block) of a legacy GroupedMLP weight1 / weight2.
+def _grouped_blocks(ref: LegacyTensor, experts: int, weight1: bool):
+    """(local expert, LegacyTensor of its block) of a legacy GroupedMLP weight1 / weight2.
 
     weight1 ``[h, E_l * 2F/T]`` is used as ``view(E_l, h, 2F/T)``: expert e is block e, ``[h, 2F/T]``.
     weight2 ``[E_l * F/T, h]`` is used as ``view(E_l, F/T, h)``: expert e is rows block e.
@@ -398,7 +395,7 @@ def open_source(path: str, model_config: Optional[ModelConfig] = None) -> Source
 
 
 def _open_torch_dist(root, directory, iteration, model_config) -> TorchDistSource:
-    check_torch_dist(directory, lazy=True)  # every pickle and data file, before anything is used
+    check_torch_dist(directory, megatron_lm=True)  # every pickle and data file, before anything is used
     reader = DcpReader(directory)
     meta, origin, config = {}, None, model_config
     meta_file = os.path.join(directory, DLLM_META)
@@ -409,7 +406,7 @@ def _open_torch_dist(root, directory, iteration, model_config) -> TorchDistSourc
             config, origin = model_config_from_meta(meta, meta_file), DLLM_META
     common = os.path.join(directory, "common.pt")
     if config is None and os.path.isfile(common):
-        saved = load_lazy(common)
+        saved = safe_torch_load(common, common, megatron_lm=True)
         args = saved.get("args") if isinstance(saved, dict) else None
         if args is not None:
             config, origin = model_config_from_args(args, common), "args"
@@ -427,7 +424,8 @@ def _open_legacy(root, directory, iteration, model_config) -> LegacySource:
     first = os.path.join(directory, names[0], "model_optim_rng.pt")
     if not os.path.isfile(first):
         raise ConversionError(f"{first} is missing: the checkpoint is partial")
-    state0 = load_lazy(first)
+    file0 = LegacyFile(first)
+    state0 = file0.state()
     args = state0.get("args") if isinstance(state0, dict) else None
     if args is None:
         raise ConversionError(f"{first} holds no 'args': cannot tell its parallel layout")
@@ -447,10 +445,11 @@ def _open_legacy(root, directory, iteration, model_config) -> LegacySource:
     config = model_config or model_config_from_args(args, first)
     states = {}
     for rank, file in files.items():
-        state = state0 if file == first else load_lazy(file)
+        handle = file0 if file == first else LegacyFile(file)
+        state = handle.state()
         if not isinstance(state, dict) or not any(k == "model" or k.startswith("model") for k in state):
             raise ConversionError(f"{file} holds no model state dict")
-        states[rank] = state
+        states[rank] = handle
     if iteration is None and isinstance(state0.get("iteration"), int):
         iteration = state0["iteration"]
     return LegacySource(states, root=root, path=directory, format="torch", iteration=iteration,

@@ -6,6 +6,7 @@ the payload in one place:
     metadata   iter_*/.metadata                    (read by torch's DCP reader with a plain pickle.load)
     common     iter_*/common.pt                    (read by Megatron-Core's common strategy)
     item       a ShardedObject item in a .distcp   (read by DCP's planner with weights_only=False)
+    tensor     the stored chunk of a weight tensor in a .distcp (read by DCP's file reader)
     legacy     a Megatron-LM legacy checkpoint: iter_0000001/mp_rank_00/model_optim_rng.pt
 
 A loader that unpickles any of them naively creates ``marker``.
@@ -20,7 +21,7 @@ import shutil
 
 import torch
 
-KINDS = ("metadata", "common", "item", "legacy")
+KINDS = ("metadata", "common", "item", "tensor", "legacy")
 
 
 class Payload:
@@ -38,14 +39,18 @@ def _latest(root: str) -> str:
         return os.path.join(root, f"iter_{int(handle.read().strip()):07d}")
 
 
-def _poison_item(directory: str, marker: str) -> None:
+def _poison_item(directory: str, marker: str, tensor: bool = False) -> None:
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
 
     with open(os.path.join(directory, ".metadata"), "rb") as handle:
         metadata = pickle.load(handle)  # our own, trusted file
-    keys = [k for k, md in metadata.state_dict_metadata.items() if isinstance(md, BytesStorageMetadata)]
-    assert keys, f"{directory} has no ShardedObject item to replace"
-    index = MetadataIndex(keys[0])
+    if tensor:  # the first chunk of the word embedding, which every loader reads
+        key = "embedding.word_embeddings.weight"
+        index = MetadataIndex(key, metadata.state_dict_metadata[key].chunks[0].offsets)
+    else:
+        keys = [k for k, md in metadata.state_dict_metadata.items() if isinstance(md, BytesStorageMetadata)]
+        assert keys, f"{directory} has no ShardedObject item to replace"
+        index = MetadataIndex(keys[0])
     info = metadata.storage_data[index]
     buffer = io.BytesIO()
     torch.save([Payload(marker)], buffer)
@@ -76,8 +81,8 @@ def poison(src: str, dst: str, kind: str, marker: str) -> str:
             pickle.dump(Payload(marker), handle)
     elif kind == "common":
         torch.save({"optimizer": Payload(marker)}, os.path.join(directory, "common.pt"))
-    elif kind == "item":
-        _poison_item(directory, marker)
+    elif kind in ("item", "tensor"):
+        _poison_item(directory, marker, tensor=kind == "tensor")
     else:
         raise ValueError(kind)
     return dst

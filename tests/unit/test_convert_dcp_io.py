@@ -61,3 +61,30 @@ def test_missing_data_file_is_reported(tmp_path):
     os.remove(os.path.join(path, "__0_1.distcp"))
     with pytest.raises(ConversionError, match="data file __0_1.distcp is missing"):
         DcpReader(path)
+
+
+def test_corrupt_or_foreign_chunk_is_a_one_line_error(tmp_path):
+    import pickle
+
+    path = str(tmp_path / "ckpt")
+    _write(path)
+    metadata = pickle.load(open(os.path.join(path, ".metadata"), "rb"))  # our own file
+    info = [v for k, v in metadata.storage_data.items() if k.fqn == "c"][0]
+    with open(os.path.join(path, info.relative_path), "r+b") as handle:  # same length, bytes scrambled
+        handle.seek(info.offset)
+        handle.write(b"\xff" * info.length)
+    reader = DcpReader(path)
+    assert torch.equal(reader.read_box("a", (0, 0), (6, 4)), _write(str(tmp_path / "again"))["a"][:6, :4])
+    with pytest.raises(ConversionError, match="a tensor item of its .distcp files is corrupt .*damaged"):
+        reader.read("c")
+
+
+def test_box_reads_touch_only_overlapping_chunks(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt")
+    tensors = _write(path)
+    reader = DcpReader(path)
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("weights_only")) or real(*a, **k))
+    assert torch.equal(reader.read_box("a", (7, 5), (2, 3)), tensors["a"][7:9, 5:8])
+    assert loads == [True]  # one chunk of four, loaded with weights_only

@@ -27,6 +27,7 @@ import json
 import os
 import pickle
 import uuid
+import warnings
 import zipfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -216,7 +217,9 @@ class DcpReader:
             raise ValueError(f"out has shape {tuple(result.shape)}, expected {sizes}")
         planner = _box_planner(key, offsets, sizes, result)
         try:
-            load({key: result}, storage_reader=self._reader, planner=planner, no_dist=True)
+            with warnings.catch_warnings():  # one process on purpose: no "assuming single process" line
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                load({key: result}, storage_reader=self._reader, planner=planner, no_dist=True)
         except CheckpointError:
             raise
         except (Exception, CheckpointException) as exc:  # DCP wraps what its reader raised

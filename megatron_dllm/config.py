@@ -239,6 +239,30 @@ class TrainingConfig:
     bf16: bool = _f(False, "bf16 mixed precision (GPU).")
     use_distributed_optimizer: bool = _f(False, "Shard optimizer state over data-parallel ranks.")
     overlap_grad_reduce: bool = _f(False, "Overlap the gradient reduce-scatter with backward.")
+    overlap_param_gather: bool = _f(
+        False, "Overlap the distributed optimizer's parameter all-gather with the next forward "
+        "(needs --use-distributed-optimizer and --overlap-grad-reduce, as in Megatron-LM).")
+    transformer_impl: str = _f(
+        "local", "Layer implementation: 'local' (Megatron-Core's torch layers, our core attention; CPU "
+        "and GPU) or 'transformer_engine' (TE linears / norms / grouped GEMM with our core attention; "
+        "GPU with Transformer Engine installed).", choices=["local", "transformer_engine"])
+    fp8_format: Optional[str] = _f(
+        None, "FP8 training with Transformer Engine: 'e4m3' or 'hybrid' (e4m3 forward, e5m2 gradients).",
+        choices=["e4m3", "hybrid"])
+    fp8_recipe: str = _f("delayed", "FP8 scaling recipe (Transformer Engine).",
+                         choices=["delayed", "tensorwise", "blockwise", "mxfp8"])
+    fp8_param_gather: bool = _f(False, "Keep parameters in FP8 for the all-gather (Transformer Engine).")
+    recompute_granularity: Optional[str] = _f(
+        None, "Activation recompute: 'full' (a layer keeps only its input) or 'selective' (the modules "
+        "of --recompute-modules). Losses and gradients are unchanged.", choices=["full", "selective"])
+    recompute_method: Optional[str] = _f(
+        None, "With full recompute: 'uniform' (groups of --recompute-num-layers layers) or 'block' (the "
+        "first --recompute-num-layers layers of each pipeline stage).", choices=["uniform", "block"])
+    recompute_num_layers: Optional[int] = _f(
+        None, "Layers per recompute group (uniform) or recomputed layers per stage (block).")
+    recompute_modules: Optional[List[str]] = _f(
+        None, "Modules recomputed with --recompute-granularity selective (Megatron-Core's names: "
+        "core_attn, moe_act, layernorm, mla_up_proj, mlp, moe, shared_experts; default core_attn).")
     device: str = _f("auto", "cpu, cuda, or auto (cuda when present).", choices=["auto", "cpu", "cuda"])
     eval_interval: Optional[int] = _f(None, "Validate every N steps (None: never).")
     eval_iters: int = _f(2, "Validation batches per evaluation.")

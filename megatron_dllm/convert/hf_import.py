@@ -28,7 +28,7 @@ import torch
 from megatron_dllm.checkpoint.output import check_output
 from megatron_dllm.convert.convert import ConvertRequest, PreparedConversion, _meta, run, target_parallel
 from megatron_dllm.convert.errors import ConversionError
-from megatron_dllm.convert.hf_import_config import LLADA2, ImportedConfig, model_config_from_hf
+from megatron_dllm.convert.hf_import_config import LLADA_MOE, ImportedConfig, model_config_from_hf
 from megatron_dllm.convert.hf_source import HFSource
 from megatron_dllm.convert.mask_token import MaskTokenPlan, padded_size, parse_init, plan_mask_token
 
@@ -97,7 +97,7 @@ def _plan(request: ImportRequest, imported: ImportedConfig, rows: int, tp: int) 
     cfg = imported.model
     vocab = cfg.vocab_size
     if rows != vocab:
-        raise ConversionError(f"model.word_embeddings.weight has {rows} rows but config.json vocab_size is {vocab}")
+        raise ConversionError(f"the embedding has {rows} rows but config.json vocab_size is {vocab}")
     if request.to_dllm:
         return plan_mask_token(vocab_size=vocab, source_padded=rows, divisible_by=cfg.make_vocab_size_divisible_by,
                                target_tensor_parallel=tp, mask_token_id=request.mask_token_id,
@@ -109,10 +109,12 @@ def _plan(request: ImportRequest, imported: ImportedConfig, rows: int, tp: int) 
         return MaskTokenPlan(mask_token_id=None, how="none", source_vocab_size=vocab, vocab_size=vocab,
                              source_padded=rows, padded=padded, init=request.mask_embedding_init, init_rows=[])
     if request.add_mask_token:
-        raise ConversionError("--add-mask-token: an llada2_moe checkpoint is already a dLLM with a mask token")
+        raise ConversionError(f"--add-mask-token: an {imported.family} checkpoint is already a dLLM with a mask "
+                              "token")
     mask = request.mask_token_id if request.mask_token_id is not None else imported.mask_token_id
     if mask is None:
-        raise ConversionError("config.json has no mask_token_id: pass --mask-token-id ID (LLaDA2.0: 156895)")
+        raise ConversionError("config.json has no mask_token_id: pass --mask-token-id ID (LLaDA2.0 and "
+                              "LLaDA-MoE: 156895)")
     if not 0 <= mask < vocab:
         raise ConversionError(f"--mask-token-id {mask} is outside the vocabulary [0, {vocab})")
     how = "explicit" if request.mask_token_id is not None else "config.json"
@@ -129,8 +131,9 @@ def prepare_import(request: ImportRequest) -> PreparedImport:
     if not (math.isfinite(request.max_file_gb) and request.max_file_gb > 0):
         raise ConversionError(f"--max-file-gb {request.max_file_gb} must be a positive number of GiB")
     imported = model_config_from_hf(read_hf_config(request.hf))
-    if request.to_dllm and imported.family == LLADA2:
-        raise ConversionError("--to-dllm is for AR sources (bailing_moe): an llada2_moe checkpoint is already a dLLM")
+    if request.to_dllm and imported.objective != "ar":
+        raise ConversionError(f"--to-dllm is for AR sources (bailing_moe): an {imported.family} checkpoint is "
+                              "already a dLLM")
     if (request.label_shift or request.token_shift) and not request.to_dllm:
         raise ConversionError("--label-shift / --token-shift record how a converted AR model is trained: they need "
                               "--to-dllm (released LLaDA2 models use same-position labels)")
@@ -139,7 +142,12 @@ def prepare_import(request: ImportRequest) -> PreparedImport:
     parallel = target_parallel(imported.model, request.target_tensor_parallel, request.target_pipeline_parallel,
                                request.target_expert_parallel)
     meta = {"objective": imported.objective}
-    source = HFSource(request.hf, imported.model, dtype=DTYPES[request.dtype], meta=meta)
+    layout = {}
+    if imported.family == LLADA_MOE:
+        from megatron_dllm.convert import hf_lladamoe
+
+        layout = dict(tensors=hf_lladamoe.hf_pieces, embedding=hf_lladamoe.EMBEDDING)
+    source = HFSource(request.hf, imported.model, dtype=DTYPES[request.dtype], meta=meta, **layout)
     source.skipped.update(_skipped(source.files, imported))
     plan = _plan(request, imported, source.rows, parallel.tensor_model_parallel_size)
     source.check()

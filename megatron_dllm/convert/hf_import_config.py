@@ -25,13 +25,15 @@ from megatron_dllm.convert.errors import ConversionError
 
 LLADA2 = "llada2_moe"
 BAILING = "bailing_moe"
+LLADA_MOE = "llada"
 # model_type -> (family, accepted architectures)
 FAMILIES = {
     "llada2_moe": (LLADA2, ("LLaDA2MoeModelLM",)),
     "bailing_moe": (BAILING, ("BailingMoeV2ForCausalLM",)),
     "bailing_moe_v2": (BAILING, ("BailingMoeV2ForCausalLM",)),
+    "llada": (LLADA_MOE, ("LLaDAMoEModelLM",)),
 }
-SUPPORTED = "llada2_moe (LLaDA2MoeModelLM), bailing_moe (BailingMoeV2ForCausalLM)"
+SUPPORTED = "llada2_moe (LLaDA2MoeModelLM), bailing_moe (BailingMoeV2ForCausalLM), llada (LLaDAMoEModelLM)"
 
 MAPPED = {
     "num_hidden_layers": "num_layers (minus num_nextn_predict_layers)",
@@ -133,6 +135,8 @@ def _check(config: dict) -> None:
 def model_config_from_hf(config: dict) -> ImportedConfig:
     """Derive the Megatron model of an HF config (no preset needed); ConversionError when it cannot."""
     family = family_of(config)
+    if family == LLADA_MOE:
+        return _llada_moe(config)
     _check(config)
     warnings = []
     total_layers = _int(config, "num_hidden_layers")
@@ -222,3 +226,22 @@ def _moe_fields(config: dict, experts: int, layers: int, warnings: List[str]) ->
         moe_router_dtype=router_dtype, moe_router_load_balancing_type="none",
         moe_shared_expert_intermediate_size=shared or None,
     )
+
+
+def _llada_moe(config: dict) -> ImportedConfig:
+    """LLaDA-MoE (softmax router): its own keys, in ``hf_lladamoe``."""
+    from megatron_dllm.convert import hf_lladamoe as family
+
+    warnings: List[str] = []
+    fields = family.model_fields(config, warnings)
+    vocab = fields["vocab_size"]
+    fields["make_vocab_size_divisible_by"] = math.gcd(vocab, 128)
+    known = set(family.MAPPED) | set(family.CHECKED) | set(family.IGNORED)
+    unknown = sorted(k for k in config if k not in known)
+    if unknown:
+        warnings.append(f"config.json keys not read: {', '.join(unknown)}")
+    mask = config.get("mask_token_id")
+    if mask is not None and (isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask < vocab):
+        raise ConversionError(f"config.json mask_token_id = {mask!r} is outside the vocabulary [0, {vocab})")
+    return ImportedConfig(family=LLADA_MOE, model=ModelConfig(**fields), objective="mdlm", mask_token_id=mask,
+                          warnings=warnings)

@@ -59,7 +59,11 @@ class HFSource(Source):
     """The HF checkpoint under ``path`` mapped onto our (per-layer) keys; ``dtype`` casts on read."""
 
     def __init__(self, path: str, model: ModelConfig, *, dtype: Optional[torch.dtype] = None,
-                 skipped: Tuple[str, ...] = (), meta: Optional[dict] = None):
+                 skipped: Tuple[str, ...] = (), meta: Optional[dict] = None, tensors=None,
+                 embedding: str = "model.word_embeddings.weight"):
+        """``tensors(model, rows)`` lists the HF pieces (default: the LLaDA2 layout, ``hf_keymap``); each has
+        ``name``, ``shape`` (the whole HF tensor), ``source`` (our key), ``offsets`` / ``sizes`` (its box in
+        ours), ``transform`` and optionally ``hf_offsets`` (where the box starts in the HF tensor)."""
         super().__init__(root=path, path=path, format="hf_safetensors", iteration=None, config=model,
                          config_origin="config.json", layout=None, meta=meta or {})
         self.files = weight_map(path)
@@ -68,13 +72,16 @@ class HFSource(Source):
         self._used: set = set()
         self.skipped = set(skipped)
         self.cast = dtype
-        emb = "model.word_embeddings.weight"
-        if emb not in self.files:
-            raise ConversionError(f"{path} has no {emb}: not a LLaDA2 / BailingMoeV2 checkpoint")
-        self.rows = self._header(emb)[0][0]
-        has_bias = any(name.endswith(".mlp.gate.expert_bias") for name in self.files)
+        if embedding not in self.files:
+            raise ConversionError(f"{path} has no {embedding}: not a checkpoint of the family its config.json names")
+        self.rows = self._header(embedding)[0][0]
+        if tensors is None:
+            has_bias = any(name.endswith(".mlp.gate.expert_bias") for name in self.files)
+            items = hf_tensors(model, self.rows, has_expert_bias=has_bias or model.moe_router_enable_expert_bias)
+        else:
+            items = tensors(model, self.rows)
         self.items: Dict[str, List[HFTensor]] = {}
-        for item in hf_tensors(model, self.rows, has_expert_bias=has_bias or model.moe_router_enable_expert_bias):
+        for item in items:
             self.items.setdefault(item.source, []).append(item)
 
     # ------------------------------------------------------------------ safetensors access
@@ -110,6 +117,7 @@ class HFSource(Source):
         if tuple(shape) != tuple(item.shape):
             raise ConversionError(f"{item.name} has shape {list(shape)}, config.json gives {list(item.shape)}")
         lead = len(item.sizes) - len(item.shape)  # expert axis of a per-expert tensor
+        start = getattr(item, "hf_offsets", None) or (0,) * len(item.shape)
         cast = None if self._keeps_dtype(key) else self.cast
 
         def read(offsets, sizes):
@@ -120,7 +128,7 @@ class HFSource(Source):
                                        cfg.query_groups, cfg.head_dim)
                 data = data[tuple(slice(o, o + s) for o, s in zip(offsets, sizes))]
             else:
-                box = tuple(slice(o, o + s) for o, s in zip(offsets[lead:], sizes[lead:]))
+                box = tuple(slice(b + o, b + o + s) for b, o, s in zip(start, offsets[lead:], sizes[lead:]))
                 data = self._handle(item.name).get_slice(item.name)[box]
             if data.is_floating_point() and not _finite(data):
                 raise ConversionError(f"{item.name} holds NaN / Inf values: the checkpoint is damaged")

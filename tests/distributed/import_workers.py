@@ -216,6 +216,7 @@ def import_suite_worker(rank, world_size, root):
         with safe_open(os.path.join(root, "e1", weight_map[name]), "pt") as handle:
             same.append(torch.equal(handle.get_tensor(name), tensor))
     result["export_equals_original"] = all(same) and len(weight_map) == len(original)
+    result["lladamoe"] = _lladamoe_import(root)
     result["nan_error"] = _damaged_import(root)
     _import(llada2, out("bf16"), dtype="bf16")
     bf16 = _dcp_tensors(out("bf16"))
@@ -225,6 +226,29 @@ def import_suite_worker(rank, world_size, root):
     result["bf16_max_rel"] = max(((bf16[k].double() - fp32[k].double()).abs().max() /
                                   fp32[k].double().abs().max().clamp_min(1e-30)).item() for k in fp32)
     return result
+
+
+def _lladamoe_import(root: str) -> dict:
+    """LLaDA-MoE (softmax router, split q/k/v, GQA) imported; logits vs the reference forward."""
+    from safetensors.torch import save_file
+
+    from tests.distributed import lladamoe_reference as R
+
+    hf = os.path.join(root, "hf_lladamoe")
+    os.makedirs(hf)
+    weights = R.random_weights(R.CONFIG, seed=5)
+    save_file(weights, os.path.join(hf, "model.safetensors"))
+    with open(os.path.join(hf, "config.json"), "w") as handle:
+        json.dump(R.CONFIG, handle)
+    save = os.path.join(root, "out", "lladamoe")
+    summary = _import(hf, save, mask_token_id=MASK_ID)
+    model, meta, cfg = load_megatron(save)
+    ids = tokens(mask=True)
+    with torch.no_grad():
+        got = model(ids, torch.arange(SEQ)[None].expand(BATCH, SEQ), masks()["bidirectional"]).float()[..., :VOCAB]
+    ref = R.logits(R.CONFIG, weights, ids)
+    return {"summary": summary, "max_abs_dlogits": (got - ref).abs().max().item(), "scale": ref.abs().max().item(),
+            "model": meta["run"]["model"], "mask_token_id": meta["mask_token_id"]}
 
 
 def _damaged_import(root: str) -> dict:

@@ -106,3 +106,13 @@ def test_tied_embeddings_import_without_the_lm_head_copy(suite):
     assert suite["logits_tied"]["causal"] <= 1e-5, suite["logits_tied"]
     summary = suite["summaries"]["tied"]
     assert summary["dropped_source_tensors"] == 1 and any("lm_head.weight" in w for w in summary["warnings"])
+
+
+def test_lladamoe_import_gives_the_reference_logits(suite):
+    got = suite["lladamoe"]
+    assert got["max_abs_dlogits"] <= 1e-5 and got["scale"] > 0.1, got
+    assert got["summary"]["family"] == "llada" and got["mask_token_id"] == W.MASK_ID
+    m = got["model"]
+    assert (m["moe_router_score_function"], m["moe_router_pre_softmax"], m["moe_layer_freq"]) == (
+        "softmax", True, [0, 1, 1])
+    assert (m["num_query_groups"], m["moe_shared_expert_intermediate_size"], m["rotary_percent"]) == (2, 8, 1.0)

@@ -165,3 +165,43 @@ def test_released_shapes_import_as_the_presets(preset, model_type, arch, shape):
     got = model_config_from_hf(config)
     check_model_config(dataclasses.asdict(got.model), get_preset(preset), preset)  # raises on any difference
     assert got.warnings == [] and got.model.padded_vocab_size(8) == 157184 + 512
+
+
+def test_lladamoe_config_maps_onto_a_softmax_router_model():
+    from tests.distributed.lladamoe_reference import CONFIG
+
+    got = model_config_from_hf(dict(CONFIG))
+    m = got.model
+    assert (got.family, got.objective, got.mask_token_id, got.warnings) == ("llada", "mdlm", None, [])
+    assert (m.num_layers, m.hidden_size, m.ffn_hidden_size, m.num_query_groups, m.kv_channels) == (3, 32, 48, 2, 8)
+    assert (m.num_experts, m.moe_ffn_hidden_size, m.moe_router_topk, m.moe_layer_pattern()) == (8, 8, 2, [0, 1, 1])
+    assert (m.moe_router_score_function, m.moe_router_pre_softmax, m.moe_router_enable_expert_bias) == (
+        "softmax", True, False)
+    assert (m.moe_router_num_groups, m.moe_router_topk_scaling_factor, m.moe_shared_expert_intermediate_size) == (
+        None, None, 8)
+    assert (m.norm_epsilon, m.rotary_base, m.rotary_percent, m.qk_layernorm) == (1e-5, 50000, 1.0, True)
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(moe_router_enable_expert_bias=True), "moe_router_enable_expert_bias = True"),
+    (dict(moe_router_score_function="sigmoid"), "moe_router_score_function = 'sigmoid'"),
+    (dict(routed_scaling_factor=2.5), "routed_scaling_factor = 2.5"),
+    (dict(clip_qkv=8.0), "clip_qkv"),
+    (dict(attention_bias=True), "attention_bias"),
+    (dict(moe_layer_freq=[1, 1]), "moe_layer_freq"),
+    (dict(dense_intermediate_size=None), "dense_intermediate_size"),
+    (dict(architectures=["LLaDAModelLM"]), "llada (LLaDAMoEModelLM)"),
+])
+def test_refused_lladamoe_configs(change, words):
+    from tests.distributed.lladamoe_reference import CONFIG
+
+    with pytest.raises(ConversionError) as info:
+        model_config_from_hf(dict(CONFIG, **change))
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_lladamoe_group_keys_are_not_read_by_the_released_code():
+    from tests.distributed.lladamoe_reference import CONFIG
+
+    got = model_config_from_hf(dict(CONFIG, router_num_group=4, router_topk_group=2))
+    assert got.model.moe_router_num_groups is None and len(got.warnings) == 2

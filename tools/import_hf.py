@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Import an HF safetensors checkpoint (LLaDA2MoE or BailingMoeV2) as a megatron_dllm torch_dist checkpoint.
+"""Import an HF safetensors checkpoint (LLaDA2MoE, LLaDA-MoE, BailingMoeV2) as a megatron_dllm checkpoint.
 
     python tools/import_hf.py --hf HF_DIR --save OUT_DIR \\
         [--target-tensor-model-parallel-size N --target-pipeline-model-parallel-size N \\
@@ -7,9 +7,9 @@
         [--to-dllm [--mask-token-id ID | --add-mask-token] [--mask-embedding-init mean|zero|copy:ID]
                    [--label-shift | --token-shift]]
 
-HF_DIR: config.json (model_type llada2_moe or bailing_moe) and model*.safetensors (with an index when
-sharded). The Megatron model is derived from config.json. LLaDA2 sources become dLLM checkpoints (the
-config's mask_token_id); BailingMoeV2 (Ling-2.0) sources become AR checkpoints, or dLLM ones with
+HF_DIR: config.json (model_type llada2_moe, llada or bailing_moe) and model*.safetensors (with an index
+when sharded). The Megatron model is derived from config.json. LLaDA2 and LLaDA-MoE sources become dLLM
+checkpoints (the config's mask_token_id, or --mask-token-id); BailingMoeV2 (Ling-2.0) sources become AR checkpoints, or dLLM ones with
 --to-dllm (the same result as importing, then tools/convert_ar_to_dllm.py). MTP layers are dropped
 with a warning. OUT_DIR must not exist; it appears complete or not at all, with OUT_DIR/model.yaml (the
 model's flags). Then ``python -m megatron_dllm.pretrain --config OUT_DIR/model.yaml --load OUT_DIR ...``.

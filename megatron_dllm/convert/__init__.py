@@ -15,6 +15,7 @@ One job per module (the tools in ``tools/`` are thin CLIs over them):
     safetensors_stream.py safetensors shards written one tensor at a time
     hf_export.py          the HF export; hf_check.py: its logits vs Megatron's
     hf_import_config.py   ModelConfig from an HF config.json (LLaDA2MoE, BailingMoeV2): mapped / checked keys
+    hf_lladamoe.py        LLaDA-MoE's config.json keys and tensor names (softmax router, split q/k/v)
     hf_source.py          HF safetensors as a Source: our keys assembled from HF tensors, read box by box
     hf_import.py          the HF import (tools/import_hf.py) over convert.run
     llada2_hf/            our transformers LLaDA2MoeModelLM (shipped with exports, trust_remote_code)

@@ -7,8 +7,9 @@ Families (``model_type`` / ``architectures``):
 * ``bailing_moe`` / ``BailingMoeV2ForCausalLM``: Ling-mini / flash-2.0 AR models. Their last
   ``num_nextn_predict_layers`` of ``num_hidden_layers`` are multi-token-prediction layers (as in the
   released ``modeling_bailing_moe_v2.py``); they are dropped with a warning.
+* ``llada`` / ``LLaDAMoEModelLM``: LLaDA-MoE (softmax router, other names and keys: ``hf_lladamoe``).
 
-Both share the tensor names of ``hf_keymap`` and the keys below. Every key is either *mapped* onto a
+The first two share the tensor names of ``hf_keymap`` and the keys below. Every key is either *mapped* onto a
 ModelConfig field, *checked* (accepted only with the value our model computes; anything else is
 refused with a one-line error), or *ignored* (runtime / serving options that do not change the
 function). Keys outside these lists are reported in a warning. See README "Importing HF checkpoints".

@@ -7,6 +7,7 @@ PP2, loaded under that layout on two ranks, must hold the TP1 import's weights; 
 must equal import then ``convert_ar_to_dllm``.
 """
 
+import json
 import os
 
 import pytest
@@ -80,7 +81,7 @@ def test_damaged_weights_fail_in_one_line_and_leave_nothing(suite):
     assert "\n" not in got["message"] and got["left"] == []
 
 
-@pytest.mark.parametrize("name", ["tp1", "bailing_ar", "bailing_dllm", "bailing_token_shift"])
+@pytest.mark.parametrize("name", ["tp1", "bailing_ar", "bailing_dllm", "bailing_token_shift", "lladamoe"])
 def test_model_yaml_gives_pretrain_the_checkpoint_model(suite, name):
     """``pretrain --config OUT/model.yaml --load OUT`` passes the architecture check of the loader."""
     from megatron_dllm.arguments import parse_args
@@ -88,7 +89,8 @@ def test_model_yaml_gives_pretrain_the_checkpoint_model(suite, name):
 
     out = os.path.join(suite["root"], "out", name)
     run = parse_args(["--config", os.path.join(out, "model.yaml"), "--mock-data"])
-    meta = suite["to_dllm_meta"][name]
+    with open(os.path.join(out, "iter_0000000", "dllm_meta.json")) as handle:
+        meta = json.load(handle)
     check_model_config(meta["run"]["model"], run.model, out)
     assert run.diffusion.objective == meta["objective"]
     assert run.diffusion.mask_token_id == meta["mask_token_id"]

@@ -15,7 +15,7 @@ from megatron_dllm.config import ModelConfig, ParallelConfig, validate
 from megatron_dllm.model.gpt_model import DiffusionGPTModel
 from megatron_dllm.model.init import reinitialize
 from megatron_dllm.model.specs import dllm_block_spec
-from megatron_dllm.model.transformer_config import to_transformer_config
+from megatron_dllm.model.transformer_config import Execution, to_transformer_config
 
 
 def build_model(
@@ -28,6 +28,7 @@ def build_model(
     vp_stage: Optional[int] = None,
     meta: bool = False,
     init_seed: Optional[int] = None,
+    execution: Execution = Execution(),
 ) -> DiffusionGPTModel:
     """One model chunk for this rank (the pipeline stage / virtual stage ``vp_stage``).
 
@@ -36,10 +37,11 @@ def build_model(
     (parameter counting, memory planning). ``init_seed`` re-initialises the weights as a function of
     (seed, parameter name) only, so every parallel layout starts from the same model
     (``model/init.py``); otherwise Megatron-Core's layout-dependent initialisation is kept.
+    ``execution``: activation recompute (``Execution``); it changes memory and time, not results.
     """
     validate(model_cfg, parallel_cfg)
     tconfig = to_transformer_config(
-        model_cfg, parallel_cfg, dtype=dtype, perform_initialization=not meta
+        model_cfg, parallel_cfg, dtype=dtype, perform_initialization=not meta, execution=execution
     )
     spec = dllm_block_spec(
         tconfig, causal=causal, attention_backend=attention_backend, vp_stage=vp_stage

@@ -6,13 +6,73 @@ releases, DESIGN.md decision 1): a later upgrade edits this file.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
 import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_dllm.config import ModelConfig, ParallelConfig
+from megatron_dllm.config import ConfigError, ModelConfig, ParallelConfig
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+RECOMPUTE_MODULES = ("core_attn", "moe_act", "layernorm", "mlp", "moe", "shared_experts")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the layers run, not what they compute: activation recompute (same losses and gradients)."""
+
+    recompute_granularity: Optional[str] = None
+    recompute_method: Optional[str] = None
+    recompute_num_layers: Optional[int] = None
+    recompute_modules: Optional[Tuple[str, ...]] = None
+
+    @classmethod
+    def from_training(cls, training) -> "Execution":
+        """The execution options of a ``TrainingConfig`` (its ``--recompute-*`` flags)."""
+        modules = training.recompute_modules
+        return cls(training.recompute_granularity, training.recompute_method, training.recompute_num_layers,
+                   tuple(modules) if modules else None)
+
+    def check(self, model: ModelConfig, parallel: ParallelConfig) -> None:
+        """One-line errors for the combinations Megatron-Core refuses, naming the flag to change."""
+        g, method, n = self.recompute_granularity, self.recompute_method, self.recompute_num_layers
+        if g is None:
+            if method or n or self.recompute_modules:
+                raise ConfigError("--recompute-method / --recompute-num-layers / --recompute-modules need "
+                                  "--recompute-granularity full or selective")
+            return
+        if g == "full":
+            if method is None or n is None:
+                raise ConfigError("--recompute-granularity full needs --recompute-method uniform|block and "
+                                  "--recompute-num-layers N (Megatron-LM: uniform 1 recomputes every layer)")
+            per_stage = model.num_layers // parallel.pipeline_model_parallel_size
+            if not 1 <= n <= per_stage:
+                raise ConfigError(f"--recompute-num-layers {n}: give 1..{per_stage} (layers per pipeline stage)")
+            if self.recompute_modules:
+                raise ConfigError("--recompute-modules applies to --recompute-granularity selective only")
+            return
+        if method is not None or n is not None:
+            raise ConfigError("--recompute-granularity selective takes --recompute-modules, not "
+                              "--recompute-method / --recompute-num-layers")
+        unknown = sorted(set(self.recompute_modules or ()) - set(RECOMPUTE_MODULES))
+        if unknown:
+            raise ConfigError(f"--recompute-modules {' '.join(unknown)}: not supported here; choose from "
+                              f"{', '.join(RECOMPUTE_MODULES)}")
+        modules = set(self.recompute_modules or ("core_attn",))
+        if "moe_act" in modules and not model.moe_grouped_gemm:
+            raise ConfigError("--recompute-modules moe_act needs --moe-grouped-gemm (Megatron-Core's rule)")
+        if modules & {"moe", "moe_act", "shared_experts"} and not model.is_moe:
+            raise ConfigError("--recompute-modules moe / moe_act / shared_experts need an MoE model "
+                              "(--num-experts)")
+
+    def transformer_config_kwargs(self) -> dict:
+        if self.recompute_granularity is None:
+            return {}
+        return dict(recompute_granularity=self.recompute_granularity, recompute_method=self.recompute_method,
+                    recompute_num_layers=self.recompute_num_layers,
+                    recompute_modules=list(self.recompute_modules) if self.recompute_modules else None)
 
 
 def to_transformer_config(
@@ -22,11 +82,14 @@ def to_transformer_config(
     dtype: str = "fp32",
     use_cpu_initialization: bool = True,
     perform_initialization: bool = True,
+    execution: Execution = Execution(),
 ) -> TransformerConfig:
     """Build the Megatron-Core TransformerConfig for ``model`` under ``parallel``.
 
     ``dtype`` is the compute / parameter dtype: 'fp32' (CPU), 'bf16' (GPU mixed precision).
+    ``execution``: activation recompute (checked first, one-line errors).
     """
+    execution.check(model, parallel)
     if dtype not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
     kwargs = dict(
@@ -68,6 +131,7 @@ def to_transformer_config(
         # Our loss contract is (loss sum, token count); DDP reads this at construction to sum
         # (not average) gradients over data-parallel ranks before the per-token normalisation.
         calculate_per_token_loss=True,
+        **execution.transformer_config_kwargs(),
     )
     if model.is_moe:
         kwargs.update(

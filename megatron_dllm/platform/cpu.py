@@ -437,6 +437,31 @@ def shim_distributed_optimizer_step_state() -> None:
     DistributedOptimizer.load_state_dict = load_state_dict
 
 
+# ---------------------------------------------------------------------------------------------
+# 10. Recompute without Transformer Engine
+# ---------------------------------------------------------------------------------------------
+
+
+def shim_checkpoint_without_output_fp8() -> None:
+    """Make ``CheckpointWithoutOutput(fp8=False)`` mean no FP8 when Transformer Engine is absent.
+
+    Megatron-Core 0.16.1 sets ``self.fp8 = fp8 is not None``, which is True for the default
+    ``fp8=False``, so the layernorm and moe_act recompute paths call TE's FP8 state manager and
+    raise NameError without TE. The recompute itself needs no TE.
+    """
+    from megatron.core.tensor_parallel import random as mrandom
+
+    if getattr(mrandom, "HAVE_TE", False):
+        return
+    stock_init = mrandom.CheckpointWithoutOutput.__init__
+
+    def init(self, fp8=False):
+        stock_init(self, fp8)
+        self.fp8 = bool(fp8)
+
+    mrandom.CheckpointWithoutOutput.__init__ = init
+
+
 SHIMS = (
     shim_rng_tracker,
     shim_current_device,
@@ -447,4 +472,5 @@ SHIMS = (
     shim_uneven_collectives,
     shim_disable_compile,
     shim_distributed_optimizer_step_state,
+    shim_checkpoint_without_output_fp8,
 )

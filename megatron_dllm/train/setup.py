@@ -11,6 +11,7 @@ from megatron_dllm.config import ConfigError
 from megatron_dllm.data.datasets import build_datasets
 from megatron_dllm.data.tokenizer import load_tokenizer, require_mask_token
 from megatron_dllm.model.builder import build_model_chunks
+from megatron_dllm.model.transformer_config import Execution
 from megatron_dllm.model.embedding_noise import EmbeddingNoise
 from megatron_dllm.platform.distributed import init_model_parallel
 from megatron_dllm.checkpoint import state as checkpointing
@@ -58,6 +59,7 @@ def setup_run(run, device: str) -> Setup:
     rank0 = dist.get_rank() == 0
     t, ck = run.training, run.checkpoint
     check_checkpoint_config(run)
+    Execution.from_training(t).check(run.model, run.parallel)  # recompute flags, before any data is read
     stale = checkpointing.prepare_save(ck.save, ck.load, ck.finetune)  # refuses a foreign --save
     mask_token_id, eod_id, vocab_size = token_ids(run)
     total = train_iters(run)
@@ -74,7 +76,8 @@ def setup_run(run, device: str) -> Setup:
     init_model_parallel(run.parallel, seed=t.seed)
     chunks = build_model_chunks(run.model, run.parallel, causal=run.diffusion.objective == "ar",
                                 attention_backend=run.diffusion.attention_backend,
-                                dtype="bf16" if t.bf16 else "fp32", init_seed=t.seed)
+                                dtype="bf16" if t.bf16 else "fp32", init_seed=t.seed,
+                                execution=Execution.from_training(t))
     if device == "cuda":
         chunks = [c.cuda() for c in chunks]
     hook = None

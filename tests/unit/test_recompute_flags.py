@@ -1,0 +1,46 @@
+"""--recompute-* flags: what Megatron-Core would refuse is a one-line error naming the flag first."""
+
+import pytest
+
+from megatron_dllm.arguments import parse_args
+from megatron_dllm.config import ConfigError
+from megatron_dllm.model.transformer_config import Execution
+
+BASE = ["--preset", "tiny-moe", "--num-layers", "4", "--pipeline-model-parallel-size", "2"]
+
+
+def _check(*flags):
+    run = parse_args(BASE + list(flags))
+    Execution.from_training(run.training).check(run.model, run.parallel)
+    return Execution.from_training(run.training).transformer_config_kwargs()
+
+
+def test_valid_modes_reach_the_transformer_config():
+    assert _check() == {}
+    assert _check("--recompute-granularity", "full", "--recompute-method", "block", "--recompute-num-layers", "2") == {
+        "recompute_granularity": "full", "recompute_method": "block", "recompute_num_layers": 2,
+        "recompute_modules": None}
+    assert _check("--recompute-granularity", "selective", "--recompute-modules", "moe", "layernorm")[
+        "recompute_modules"] == ["moe", "layernorm"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--recompute-method", "uniform"], "need --recompute-granularity full or selective"),
+    (["--recompute-granularity", "full"], "needs --recompute-method uniform|block and --recompute-num-layers"),
+    (["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "3"],
+     r"--recompute-num-layers 3: give 1..2 \(layers per pipeline stage\)"),
+    (["--recompute-granularity", "selective", "--recompute-num-layers", "1"], "takes --recompute-modules"),
+    (["--recompute-granularity", "selective", "--recompute-modules", "mla_up_proj"], "mla_up_proj: not supported"),
+    (["--recompute-granularity", "selective", "--recompute-modules", "moe_act"], "needs --moe-grouped-gemm"),
+    (["--recompute-granularity", "full", "--recompute-method", "block", "--recompute-num-layers", "1",
+      "--recompute-modules", "mlp"], "applies to --recompute-granularity selective only"),
+])
+def test_bad_combinations_are_one_line_errors(flags, message):
+    with pytest.raises(ConfigError, match=message):
+        _check(*flags)
+
+
+def test_moe_modules_need_an_moe_model():
+    run = parse_args(["--preset", "tiny-dense", "--recompute-granularity", "selective", "--recompute-modules", "moe"])
+    with pytest.raises(ConfigError, match="need an MoE model"):
+        Execution.from_training(run.training).check(run.model, run.parallel)

@@ -7,6 +7,11 @@ Flags use Megatron-LM's names (``--num-layers``, ``--tensor-model-parallel-size`
 
 A YAML config holds ``flag: value`` pairs (with or without dashes; ``preset:`` allowed); an unknown key
 is an error that suggests the closest flag.
+
+Megatron-LM flags without a field here are looked up in ``megatron_flags.py``: accepted with no effect
+(listed once at start-up) or rejected with one line. After parsing, ``resolve_megatron`` applies
+Megatron-LM's own rules: sample counts become iterations, sequence parallelism is off at TP 1,
+``--finetune`` loads neither optimizer nor RNG state. Abbreviated flags are not accepted.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from megatron_dllm.config import (
     TrainingConfig,
 )
 from megatron_dllm.data.config import DataConfig
+from megatron_dllm.megatron_flags import split_argv, yaml_key
 
 
 @dataclass
@@ -44,6 +50,8 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     preset: Optional[str] = None
+    accepted_flags: List[str] = field(default_factory=list)  # 'FLAG (why it has no effect here)'
+    notes: List[str] = field(default_factory=list)           # Megatron-LM rules applied while resolving
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -67,17 +75,30 @@ def _flag(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+def _layer_freq_list(text: str) -> list:
+    """A list literal, or Megatron-LM's '[0]*3+[1]*58' form (terms 'LIST' or 'LIST*N' joined by '+')."""
+    value = []
+    for term in text.replace(" ", "").split("+"):
+        literal, _, times = term.partition("]*")
+        items = ast.literal_eval(literal + "]" if times else literal)
+        if not isinstance(items, list) or (times and not times.isdigit()):
+            raise ValueError(term)
+        value += items * (int(times) if times else 1)
+    return value
+
+
 def _parse_layer_freq(text):
-    """--moe-layer-freq: an int (every N-th layer) or a list literal like [0,1,1,1]."""
+    """--moe-layer-freq: an int (every N-th layer) or a list like [0,1,1,1] or [0]*3+[1]*58."""
     if isinstance(text, (int, list)):
         return text
     text = str(text).strip()
     if text.lstrip("-").isdigit():
         return int(text)
     try:
-        value = ast.literal_eval(text)
+        value = _layer_freq_list(text)
     except (ValueError, SyntaxError) as exc:
-        raise argparse.ArgumentTypeError(f"--moe-layer-freq {text!r}: give an int or a list like [0,1,1]") from exc
+        raise argparse.ArgumentTypeError(
+            f"--moe-layer-freq {text!r}: give an int or a list like [0,1,1] or [0]*1+[1]*19") from exc
     if not isinstance(value, list) or any(v not in (0, 1) for v in value):
         raise argparse.ArgumentTypeError("--moe-layer-freq list entries must be 0 or 1")
     return value
@@ -109,13 +130,25 @@ def _field_table() -> Dict[str, Tuple[str, dataclasses.Field, object]]:
     return table
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one line, exit 2 in pretrain) instead of printing usage."""
+
+    def error(self, message):
+        raise ConfigError(f"{message} (see --help; flags are spelled out in full, as in Megatron-LM)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser; every default is SUPPRESS so explicit flags can be told apart."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m megatron_dllm.pretrain",
         description="Pretrain a masked-diffusion LM (or its AR baseline) on Megatron-Core.",
         argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
     )
+    parser.add_argument("--dry-run", action="store_true",
+                        help="Parse, validate against WORLD_SIZE from the environment (default 1), build "
+                             "the model on the meta device, print the resolved config, the parallel layout "
+                             "and the memory plan, exit 0. Reads no data, tokenizer or checkpoint.")
     parser.add_argument("--preset", help="Model preset (llada2.0-mini, llada2.0-flash, llada-moe-7b-a1b, tiny-moe, ...).")
     parser.add_argument("--config", help="YAML file of flag values; command-line flags override it.")
     parser.add_argument("--group-query-attention", action="store_true",
@@ -178,16 +211,23 @@ def parse_args(argv: Optional[List[str]] = None) -> RunConfig:
     from megatron_dllm.model.presets import get_preset
 
     parser = build_parser()
-    cli = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
+    argv, accepted = split_argv(list(sys.argv[1:] if argv is None else argv))
+    cli = vars(parser.parse_args(argv))
     table = _field_table()
     values: Dict[str, object] = {}
     preset = cli.pop("preset", None)
     config_path = cli.pop("config", None)
     cli.pop("group_query_attention", None)
+    cli.pop("dry_run", None)
     if config_path:
         for key, value in read_yaml(config_path).items():
             if key == "preset":
                 preset = preset or value
+                continue
+            if key not in table and yaml_key(key):
+                flag = yaml_key(key)
+                text = [] if value is True else [str(v) for v in (value if isinstance(value, list) else [value])]
+                accepted += split_argv([flag] + text)[1]
                 continue
             if key not in table:
                 close = difflib.get_close_matches(key, list(table), n=1)
@@ -205,4 +245,56 @@ def parse_args(argv: Optional[List[str]] = None) -> RunConfig:
     for name, changes in sections.items():
         if changes:
             setattr(run, name, dataclasses.replace(getattr(run, name), **changes))
+    run.accepted_flags = accepted
+    return resolve_megatron(run)
+
+
+def _samples_to_iters(samples: int, global_batch_size: int) -> int:
+    return -(-samples // global_batch_size)
+
+
+def resolve_megatron(run: RunConfig) -> RunConfig:
+    """Apply Megatron-LM's rules to a parsed run (in place; returns it); ConfigError names the fix.
+
+    * ``--train-samples`` -> ``train_iters = samples // global batch`` (Megatron-LM), and the
+      ``--lr-*-samples`` family -> ``ceil(samples / global batch)`` iterations;
+    * ``--sequence-parallel`` is turned off at ``--tensor-model-parallel-size 1``;
+    * ``--finetune`` loads weights only: no optimizer, no RNG state, iteration 0.
+    """
+    t, p, ck = run.training, run.parallel, run.checkpoint
+    gbs = t.global_batch_size
+    pairs = (("lr_warmup_samples", "lr_warmup_iters"), ("lr_decay_samples", "lr_decay_iters"),
+             ("lr_wsd_decay_samples", "lr_wsd_decay_iters"))
+    if t.train_samples is not None:
+        if t.train_iters is not None or t.train_tokens is not None:
+            raise ConfigError("give one of --train-iters, --train-samples or --train-tokens")
+        if gbs < 1:
+            raise ConfigError(f"--global-batch-size {gbs} must be an integer >= 1")
+        if t.train_samples < gbs:
+            raise ConfigError(f"--train-samples {t.train_samples} is less than one step of "
+                              f"--global-batch-size {gbs}")
+        changes = {"train_iters": t.train_samples // gbs}
+        for samples, iters in pairs:
+            value = getattr(t, samples)
+            if value is None:
+                continue
+            if getattr(t, iters):
+                raise ConfigError(f"give --{samples.replace('_', '-')} or --{iters.replace('_', '-')}, not both")
+            if value < 0:
+                raise ConfigError(f"--{samples.replace('_', '-')} must be >= 0")
+            changes[iters] = _samples_to_iters(value, gbs)
+        run.training = t = dataclasses.replace(t, **changes)
+        run.notes.append(f"--train-samples {t.train_samples} = {t.train_iters} iterations of "
+                         f"{gbs} samples; LR warm-up {t.lr_warmup_iters}, decay {t.lr_decay_iters} iterations")
+    else:
+        for samples, iters in pairs:
+            if getattr(t, samples):  # Megatron-LM allows 0 with iteration-based training
+                raise ConfigError(f"--{samples.replace('_', '-')} needs --train-samples (with --train-iters "
+                                  f"use --{iters.replace('_', '-')})")
+    if p.sequence_parallel and p.tensor_model_parallel_size == 1:
+        run.parallel = dataclasses.replace(p, sequence_parallel=False)
+        run.notes.append("--sequence-parallel is off at --tensor-model-parallel-size 1 (as Megatron-LM)")
+    if ck.finetune and not (ck.no_load_optim and ck.no_load_rng):
+        run.checkpoint = dataclasses.replace(ck, no_load_optim=True, no_load_rng=True)
+        run.notes.append("--finetune: weights only (no optimizer, no RNG state), starting at iteration 0")
     return run

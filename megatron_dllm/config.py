@@ -46,8 +46,8 @@ class ModelConfig:
         128, "Pad the vocabulary to a multiple of this times the tensor-parallel size."
     )
     normalization: str = _f("RMSNorm", "LayerNorm or RMSNorm.", choices=["LayerNorm", "RMSNorm"])
-    norm_epsilon: float = _f(1e-6, "Epsilon of the normalisation layers.")
-    qk_layernorm: bool = _f(True, "Per-head normalisation of queries and keys before RoPE.")
+    norm_epsilon: float = _f(1e-5, "Epsilon of the normalisation layers.")
+    qk_layernorm: bool = _f(False, "Per-head normalisation of queries and keys before RoPE.")
     position_embedding_type: str = _f("rope", "Position embedding type.", choices=["rope"])
     rotary_percent: float = _f(1.0, "Fraction of each head's dims that RoPE rotates (LLaDA2.0: 0.5).")
     rotary_base: int = _f(10000, "RoPE base (LLaDA2.0: 600000).")
@@ -221,18 +221,28 @@ class TrainingConfig:
     global_batch_size: int = _f(8, "Samples per optimizer step over all data-parallel ranks.")
     train_iters: Optional[int] = _f(None, "Optimizer steps to train.")
     train_tokens: Optional[int] = _f(None, "Clean tokens to train (alternative to --train-iters).")
+    train_samples: Optional[int] = _f(
+        None, "Samples to train (Megatron-LM; alternative to --train-iters): train iterations = "
+        "train samples // global batch size.")
     lr: float = _f(3e-4, "Peak learning rate.")
     min_lr: float = _f(0.0, "Final learning rate.")
-    lr_decay_style: str = _f("cosine", "LR decay.", choices=["constant", "linear", "cosine",
+    lr_decay_style: str = _f("linear", "LR decay.", choices=["constant", "linear", "cosine",
                                                              "inverse-square-root", "WSD"])
     lr_warmup_iters: int = _f(0, "Linear LR warm-up steps.")
+    lr_warmup_init: float = _f(0.0, "Learning rate at the start of the warm-up.")
+    lr_warmup_samples: Optional[int] = _f(
+        None, "Warm-up in samples (with --train-samples); converted to ceil(samples / global batch) steps.")
+    lr_decay_samples: Optional[int] = _f(
+        None, "Decay in samples (with --train-samples); converted to ceil(samples / global batch) steps.")
+    lr_wsd_decay_samples: Optional[int] = _f(
+        None, "WSD decay in samples (with --train-samples); converted to ceil(samples / global batch) steps.")
     lr_decay_iters: Optional[int] = _f(None, "Steps over which the LR decays (default: train iters).")
     lr_wsd_decay_iters: Optional[int] = _f(None, "Decay steps at the end of a WSD LR schedule.")
     lr_wsd_decay_style: str = _f("exponential", "Shape of the WSD decay.",
                                  choices=["linear", "cosine", "exponential", "minus_sqrt"])
     weight_decay: float = _f(0.1, "AdamW weight decay.")
     adam_beta1: float = _f(0.9, "Adam beta1.")
-    adam_beta2: float = _f(0.95, "Adam beta2.")
+    adam_beta2: float = _f(0.999, "Adam beta2.")
     adam_eps: float = _f(1e-8, "Adam epsilon.")
     clip_grad: float = _f(1.0, "Gradient clipping by global norm (0 = off).")
     seed: int = _f(1234, "Random seed (weights, noise, data order).")
@@ -269,6 +279,11 @@ class TrainingConfig:
     exit_interval: Optional[int] = _f(
         None, "Save and exit at the first iteration divisible by N (Megatron-LM's rule: a run resumed "
         "at iteration 20 with N = 15 exits at 30).")
+    exit_duration_in_mins: Optional[int] = _f(
+        None, "Save and exit once this many minutes have passed since start-up (checked after every "
+        "iteration, the same decision on every rank).")
+    distributed_timeout_minutes: int = _f(
+        10, "Timeout of torch.distributed collectives (init_process_group), in minutes.")
     skip_nonfinite_iters: int = _f(
         0, "A NaN / Inf loss or gradient norm stops the run with a one-line error naming the iteration "
         "and exit code 3, saving nothing of it (earlier checkpoints are kept). With N > 0 the first N "
@@ -283,10 +298,12 @@ class CheckpointConfig:
     save: Optional[str] = _f(None, "Directory to save checkpoints in.")
     load: Optional[str] = _f(None, "Directory to resume from (its latest checkpoint).")
     save_interval: Optional[int] = _f(None, "Save every N steps.")
-    keep_last: int = _f(3, "Keep the last K checkpoints (0 = keep all).", flag="--ckpt-keep-last")
+    keep_last: int = _f(0, "Keep the last K checkpoints (0 = keep all, as Megatron-LM).",
+                        flag="--ckpt-keep-last")
     no_load_optim: bool = _f(False, "Load model weights only; start a fresh optimizer.")
     no_load_rng: bool = _f(False, "Do not restore RNG states.")
-    finetune: bool = _f(False, "Load weights only and restart at iteration 0 (fresh optimizer).")
+    finetune: bool = _f(False, "Load weights only and restart at iteration 0 (no optimizer, no RNG "
+                        "state, as Megatron-LM).")
     exit_signal_handler: bool = _f(False, "On SIGTERM: save a checkpoint and exit 0 (preemption).")
 
 
@@ -364,7 +381,8 @@ def validate(model: ModelConfig, parallel: ParallelConfig, world_size: Optional[
             raise ConfigError("--moe-layer-freq as a list needs one 0/1 entry per layer")
         if tp > 1 and not parallel.sequence_parallel:
             raise ConfigError(
-                "MoE with --tensor-model-parallel-size > 1 needs --sequence-parallel (Megatron-Core)"
+                "MoE with --tensor-model-parallel-size > 1 needs --sequence-parallel (Megatron-Core refuses "
+                "to train without it): add --sequence-parallel"
             )
         if model.add_bias_linear:
             raise ConfigError("MoE models need --disable-bias-linear (add_bias_linear=False)")

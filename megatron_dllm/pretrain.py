@@ -1,7 +1,9 @@
 """Entry point: ``torchrun --nproc-per-node N -m megatron_dllm.pretrain [flags]`` (or one plain process).
 
 Flags: ``python -m megatron_dllm.pretrain --help``. Bad input exits 2 with a one-line error before any
-compute; SIGTERM with ``--exit-signal-handler`` saves and exits 0.
+compute; SIGTERM with ``--exit-signal-handler`` saves and exits 0. ``--dry-run`` validates the flags for
+``WORLD_SIZE`` ranks, builds the model on the meta device, prints the resolved config, the layout and
+the memory plan, and exits 0 (train/dry_run.py).
 """
 
 from __future__ import annotations
@@ -16,8 +18,13 @@ def main(argv=None) -> int:
     from megatron_dllm.config import ConfigError
     from megatron_dllm.data.errors import DataError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         run = parse_args(argv)
+        if "--dry-run" in argv:
+            from megatron_dllm.train.dry_run import dry_run
+
+            return dry_run(run)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -31,10 +38,15 @@ def main(argv=None) -> int:
     except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    init_process_group(device)
+    init_process_group(device, timeout_s=60 * run.training.distributed_timeout_minutes)
     import torch.distributed as dist
 
     rank0 = dist.get_rank() == 0
+    if rank0:
+        for line in run.accepted_flags:
+            print(f"accepted, no effect here: {line}", flush=True)
+        for line in run.notes:
+            print(f"note: {line}", flush=True)
     try:
         check_run(run, dist.get_world_size())
         from megatron_dllm.train.loop import train

@@ -31,6 +31,14 @@ class DataConfig:
     tokenizer_model: Optional[str] = _f(
         None, "Tokenizer: a sentencepiece .model file, or a HF tokenizer.json file or a directory "
         "holding one (needs the 'tokenizers' package).")
+    tokenizer_type: Optional[str] = _f(
+        None, "Megatron-LM tokenizer type: SentencePieceTokenizer (or Llama2Tokenizer, also a "
+        "sentencepiece .model), HuggingFaceTokenizer (tokenizer.json or its directory; nothing is "
+        "downloaded), or NullTokenizer (no file: ids 0..--vocab-size - 1, EOD = vocab - 2 and [MASK] = "
+        "vocab - 1 unless --dllm-mask-token-id). Default: from the --tokenizer-model file.",
+        choices=["SentencePieceTokenizer", "Llama2Tokenizer", "HuggingFaceTokenizer", "NullTokenizer"])
+    eod_mask_loss: bool = _f(
+        False, "No loss on end-of-document tokens (Megatron-LM --eod-mask-loss).")
     mmap_bin_files: bool = _f(
         True, "Memory-map the .bin files (Megatron-LM --no-mmap-bin-files turns it off).")
     mid_level_dataset_surplus: float = _f(

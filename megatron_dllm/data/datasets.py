@@ -206,7 +206,10 @@ class DllmGPTDataset(GPTDataset):
     def __getitem__(self, idx):
         text, _ = self._query_document_sample_shuffle_indices(int(idx))
         text = torch.from_numpy(numpy.asarray(text, dtype=numpy.int64))
-        return same_position_sample(text, self.config.tokenizer.eod, self._pad_token_id)
+        sample = same_position_sample(text, self.config.tokenizer.eod, self._pad_token_id)
+        if self.config.eod_mask_loss:  # --eod-mask-loss: an end-of-document token carries no loss
+            sample["loss_mask"] &= sample["tokens"] != self.config.tokenizer.eod
+        return sample
 
 
 def same_position_sample(text: torch.Tensor, eod_id: int, pad_value: int = _PAD) -> dict:
@@ -390,7 +393,7 @@ def build_datasets(
         tokenizer=tokenizer,
         reset_position_ids=False,
         reset_attention_mask=False,
-        eod_mask_loss=False,
+        eod_mask_loss=cfg.eod_mask_loss,
         create_attention_mask=False,
         add_extra_token_to_sequence=False,
         mid_level_dataset_surplus=cfg.mid_level_dataset_surplus,

@@ -80,6 +80,7 @@ def _tiny_dense() -> ModelConfig:
         num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
         num_query_groups=2, kv_channels=16, seq_length=64, vocab_size=256,
         make_vocab_size_divisible_by=64, rotary_percent=0.5, rotary_base=10000,
+        norm_epsilon=1e-6, qk_layernorm=True,  # explicit since the defaults follow Megatron-LM (issue 17)
     )
 
 
@@ -88,6 +89,7 @@ def _tiny_moe() -> ModelConfig:
         num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
         num_query_groups=2, kv_channels=16, seq_length=64, vocab_size=256,
         make_vocab_size_divisible_by=64, rotary_percent=0.5, rotary_base=10000,
+        norm_epsilon=1e-6, qk_layernorm=True,  # explicit since the defaults follow Megatron-LM (issue 17)
         num_experts=8, moe_ffn_hidden_size=32, moe_first_k_dense=0, moe_router_topk=2,
         moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
         moe_router_topk_scaling_factor=2.5, moe_router_num_groups=4, moe_router_group_topk=2,

@@ -28,6 +28,7 @@ from megatron_dllm.diffusion.noising import NoiseConfig
 from megatron_dllm.model.core_attention import resolve_backend
 from megatron_dllm.model.embedding_noise import EmbeddingNoise
 from megatron_dllm.checkpoint import state as checkpointing
+from megatron_dllm.platform.distributed import comm_device
 from megatron_dllm.train.engine import forward_backward, optimizer_step, reduce_reports
 from megatron_dllm.train.forward_step import StepContext, make_forward_step
 from megatron_dllm.train.logging import MetricsLogger
@@ -69,7 +70,7 @@ def build_scheduler(optimizer, run, total_iters: int) -> OptimizerParamScheduler
     decay = t.lr_decay_iters or total_iters
     return OptimizerParamScheduler(
         optimizer,
-        init_lr=0.0 if t.lr_warmup_iters else t.lr,
+        init_lr=t.lr_warmup_init if t.lr_warmup_iters else t.lr,
         max_lr=t.lr,
         min_lr=t.min_lr,
         lr_warmup_steps=t.lr_warmup_iters,
@@ -261,6 +262,19 @@ def train(setup: Setup) -> int:
         return EXIT_NONFINITE
 
 
+# --exit-duration-in-mins counts from start-up (this module is imported before the run is set up).
+_START_TIME = time.time()
+
+
+def _out_of_time(limit_minutes: Optional[int]) -> bool:
+    """Whether --exit-duration-in-mins has passed on any rank (one all-reduce: every rank agrees)."""
+    if not limit_minutes:
+        return False
+    late = torch.tensor([float(time.time() - _START_TIME > 60.0 * limit_minutes)], device=comm_device())
+    dist.all_reduce(late, op=dist.ReduceOp.MAX)
+    return bool(late.item())
+
+
 def _train(setup: Setup) -> int:
     run, state = setup.run, setup.state
     ck, t = run.checkpoint, run.training
@@ -299,6 +313,12 @@ def _train(setup: Setup) -> int:
             if ck.save and not _saved_by_interval(ck, state.iteration):
                 save(setup)
             setup.logger.info(f"exit interval reached at iteration {state.iteration}")
+            return 0
+        if _out_of_time(t.exit_duration_in_mins):
+            if ck.save and not _saved_by_interval(ck, state.iteration):
+                save(setup)
+            setup.logger.info(f"--exit-duration-in-mins {t.exit_duration_in_mins} reached at iteration "
+                              f"{state.iteration}: saved and exiting")
             return 0
     if ck.save and state.iteration > started and not _saved_by_interval(ck, state.iteration):
         save(setup)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 from megatron_dllm.config import ConfigError, validate
 from megatron_dllm.config_ranges import check_ranges
@@ -35,8 +36,8 @@ def train_iters(run) -> int:
     return math.ceil(t.train_tokens / tokens_per_step)
 
 
-def check_run(run, world_size: int) -> None:
-    """Validate a RunConfig for ``world_size`` ranks."""
+def check_run(run, world_size: int, files: bool = True) -> None:
+    """Validate a RunConfig for ``world_size`` ranks; ``files=False`` (``--dry-run``) skips file checks."""
     m, p, d, t = run.model, run.parallel, run.diffusion, run.training
     check_ranges(run)
     validate(m, p, world_size)
@@ -69,10 +70,7 @@ def check_run(run, world_size: int) -> None:
     data = run.data
     if not data.mock_data and not data.data_path:
         raise ConfigError("no training data: pass --data-path PREFIX (see tools/preprocess_data.py) or --mock-data")
-    if not data.mock_data and not data.tokenizer_model:
-        raise ConfigError("--data-path needs --tokenizer-model (the tokenizer the data was preprocessed with)")
-    if data.tokenizer_model and not os.path.exists(data.tokenizer_model):
-        raise ConfigError(f"--tokenizer-model {data.tokenizer_model}: file not found")
+    check_tokenizer(data, files)
     ck = run.checkpoint
     if ck.save_interval is not None and not ck.save:
         raise ConfigError("--save-interval needs --save DIR")
@@ -88,6 +86,51 @@ def check_run(run, world_size: int) -> None:
         raise ConfigError("--skip-nonfinite-iters must be >= 0 (0: stop at the first NaN / Inf)")
     if t.exit_interval is not None and t.exit_interval < 1:
         raise ConfigError("--exit-interval must be >= 1 (leave it out to run to the end)")
+    if t.exit_duration_in_mins is not None and t.exit_duration_in_mins < 1:
+        raise ConfigError("--exit-duration-in-mins must be >= 1 (leave it out to run to the end)")
+    if t.distributed_timeout_minutes < 1:
+        raise ConfigError("--distributed-timeout-minutes must be >= 1 (Megatron-LM's default: 10)")
+
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_KIND = {"SentencePieceTokenizer": "sentencepiece", "Llama2Tokenizer": "sentencepiece",
+         "HuggingFaceTokenizer": "hf"}
+
+
+def check_tokenizer(data, files: bool = True) -> None:
+    """--tokenizer-type / --tokenizer-model agree; a missing path that looks like a HF hub name is an
+    error (nothing is downloaded); with ``files`` the file must exist and be of the given type."""
+    from megatron_dllm.data.errors import DataError
+    from megatron_dllm.data.tokenizer import resolve_tokenizer_path
+
+    kind, path = data.tokenizer_type, data.tokenizer_model
+    if kind == "NullTokenizer":
+        if path:
+            raise ConfigError("--tokenizer-type NullTokenizer reads no file: leave out --tokenizer-model")
+        return
+    if not data.mock_data and not path:
+        raise ConfigError("--data-path needs --tokenizer-model (the tokenizer the data was preprocessed with) "
+                          "or --tokenizer-type NullTokenizer")
+    if not path:
+        return
+    if not os.path.exists(path):
+        if _HUB_NAME.match(path) and os.path.splitext(path)[1] not in (".model", ".json"):
+            raise ConfigError(
+                f"--tokenizer-model {path} looks like a Hugging Face hub name: nothing is downloaded here; "
+                f"download it first (e.g. huggingface-cli download {path} --local-dir DIR) and pass "
+                f"--tokenizer-model DIR")
+        if files:
+            raise ConfigError(f"--tokenizer-model {path}: file not found")
+        return
+    if kind:
+        try:
+            found, file = resolve_tokenizer_path(path)
+        except DataError as exc:
+            raise ConfigError(str(exc)) from exc
+        if found != _KIND[kind]:
+            raise ConfigError(f"--tokenizer-type {kind} but --tokenizer-model {file} is a "
+                              f"{'HF tokenizer.json' if found == 'hf' else 'sentencepiece model'}: "
+                              f"pass --tokenizer-type {'HuggingFaceTokenizer' if found == 'hf' else 'SentencePieceTokenizer'}")
 
 
 def _check_alignment(d) -> None:

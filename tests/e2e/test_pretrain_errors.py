@@ -52,11 +52,23 @@ def test_cli_overrides_config_and_config_overrides_preset():
 
 
 def test_boolean_flags():
-    run = parse_args(BASE + ["--no-load-optim", "--sequence-parallel", "--no-qk-layernorm"])
+    run = parse_args(BASE + ["--no-load-optim", "--sequence-parallel", "--no-qk-layernorm",
+                             "--tensor-model-parallel-size", "2"])
     assert run.checkpoint.no_load_optim is True
     assert run.parallel.sequence_parallel is True
     assert run.model.qk_layernorm is False
     assert parse_args(BASE).checkpoint.no_load_optim is False
+
+
+def test_sequence_parallel_is_off_at_tp1_as_in_megatron():
+    run = parse_args(BASE + ["--sequence-parallel"])
+    assert run.parallel.sequence_parallel is False
+    assert any("--sequence-parallel is off" in note for note in run.notes)
+
+
+def test_abbreviations_are_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"^unrecognized arguments: --tokenizer /x\.model \(see --help"):
+        parse_args(BASE + ["--tokenizer", "/x.model"])
 
 
 def test_missing_data_files(tmp_path):

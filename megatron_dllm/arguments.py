@@ -52,6 +52,7 @@ class RunConfig:
     preset: Optional[str] = None
     accepted_flags: List[str] = field(default_factory=list)  # 'FLAG (why it has no effect here)'
     notes: List[str] = field(default_factory=list)           # Megatron-LM rules applied while resolving
+    vocab_from_tokenizer: bool = False  # no --vocab-size and no preset: the tokenizer's size (Megatron-LM)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -246,6 +247,7 @@ def parse_args(argv: Optional[List[str]] = None) -> RunConfig:
         if changes:
             setattr(run, name, dataclasses.replace(getattr(run, name), **changes))
     run.accepted_flags = accepted
+    run.vocab_from_tokenizer = "vocab_size" not in values and not preset
     return resolve_megatron(run)
 
 

@@ -25,13 +25,13 @@ def main(argv=None) -> int:
             from megatron_dllm.train.dry_run import dry_run
 
             return dry_run(run)
-    except ConfigError as exc:
+    except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
     from megatron_dllm.platform.device import setup_device
     from megatron_dllm.platform.distributed import init_process_group, teardown
-    from megatron_dllm.train.preflight import check_run
+    from megatron_dllm.train.preflight import check_run, resolve_vocab_size
 
     try:
         device = setup_device(run.training.device)
@@ -49,6 +49,9 @@ def main(argv=None) -> int:
             print(f"note: {line}", flush=True)
     try:
         check_run(run, dist.get_world_size())
+        note = resolve_vocab_size(run)
+        if note and rank0:
+            print(f"note: {note}", flush=True)
         from megatron_dllm.train.loop import train
         from megatron_dllm.train.setup import setup_run
 

@@ -121,17 +121,24 @@ def dry_run(run, environ=os.environ, out=print) -> int:
     Raises ConfigError (one line naming the fix) for anything a real start would refuse before
     reading data.
     """
-    from megatron_dllm.train.preflight import check_run
+    from megatron_dllm.train.preflight import check_run, resolve_vocab_size
 
     world_size = world_size_from_env(environ)
     check_run(run, world_size, files=False)
     if environ.get("RANK", "0") != "0":
         return 0
+    notes = list(run.notes)
+    if run.vocab_from_tokenizer and run.data.tokenizer_model and run.data.tokenizer_type != "NullTokenizer":
+        if os.path.exists(run.data.tokenizer_model):
+            notes.append(resolve_vocab_size(run) or f"--vocab-size {run.model.vocab_size} is the tokenizer's")
+        else:
+            notes.append(f"--tokenizer-model is not here: the plan uses --vocab-size {run.model.vocab_size}; "
+                         f"a real start takes the tokenizer's size")
     counts, plan, opts = build_and_plan(run, world_size)
     out(f"dry run: {world_size} rank(s) (WORLD_SIZE); no data, tokenizer or checkpoint was read")
     for line in run.accepted_flags:
         out(f"accepted, no effect here: {line}")
-    for line in run.notes:
+    for line in notes:
         out(f"note: {line}")
     note = _te_note(run)
     if note:

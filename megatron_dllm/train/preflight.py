@@ -150,6 +150,23 @@ def _check_alignment(d) -> None:
                           "--dllm-objective bd (the MDLM layout has no clean stream)")
 
 
+def resolve_vocab_size(run) -> str | None:
+    """Without --vocab-size (and no preset), take the tokenizer's size, as Megatron-LM does; returns a
+    note for the log, or None when nothing changed. Reads the --tokenizer-model file."""
+    import dataclasses
+
+    from megatron_dllm.data.tokenizer import load_tokenizer
+
+    path = run.data.tokenizer_model
+    if not run.vocab_from_tokenizer or not path or run.data.tokenizer_type == "NullTokenizer":
+        return None
+    size = load_tokenizer(path).vocab_size
+    if size == run.model.vocab_size:
+        return None
+    run.model = dataclasses.replace(run.model, vocab_size=size)
+    return f"--vocab-size {size} from the tokenizer (padded to {run.model.padded_vocab_size(run.parallel.tensor_model_parallel_size)})"
+
+
 def check_checkpoint_config(run) -> None:
     """When --load has a checkpoint, its model config must match the flags (before building anything)."""
     from megatron_dllm.checkpoint import state as checkpointing

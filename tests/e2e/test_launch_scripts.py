@@ -115,3 +115,35 @@ def test_qwen3_moe_with_tp_needs_sequence_parallel(tmp_path, capsys, monkeypatch
     assert main(argv_of(entries) + ["--train-iters", "100", "--mock-data", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs --sequence-parallel" in err[0], err
+
+
+def test_dry_run_checks_the_world_size_and_only_rank0_prints(tmp_path, capsys, monkeypatch):
+    from megatron_dllm.pretrain import main
+
+    argv = argv_of(read_fixture("mixtral_8x7b", tmp_path)) + ["--dry-run"]
+    monkeypatch.setenv("WORLD_SIZE", "24")  # PP 4 x EP 8 needs a multiple of 32
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: world size 24 is not divisible by EP x expert-TP x PP = 32"], err
+    monkeypatch.setenv("WORLD_SIZE", "32")
+    monkeypatch.setenv("RANK", "3")  # under torchrun: every rank validates, rank 0 alone builds and prints
+    assert main(argv) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_vocab_size_comes_from_the_tokenizer_unless_given(tmp_path, capsys, monkeypatch):
+    from megatron_dllm.data.synthetic import synthetic_lines, train_sentencepiece
+    from megatron_dllm.data.tokenizer import load_tokenizer
+    from megatron_dllm.pretrain import main
+
+    model = train_sentencepiece(synthetic_lines(200), str(tmp_path / "tok"))
+    size = load_tokenizer(model).vocab_size
+    base = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",
+            "--train-iters", "2", "--data-path", str(tmp_path / "nothing"), "--tokenizer-model", model,
+            "--tokenizer-type", "Llama2Tokenizer", "--dry-run"]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert f'"vocab_size": {size},' in out and f"note: --vocab-size {size} from the tokenizer" in out
+    assert main(base + ["--vocab-size", "4096"]) == 0
+    assert '"vocab_size": 4096,' in capsys.readouterr().out

@@ -9,7 +9,9 @@ optimizer for one rank of the layout (parameter counts from the model built on t
 activations are an estimate (megatron_dllm/model/activations.py) for the block-diffusion layout
 (input [xt ; x0], 2L tokens) and the MDLM layout (L tokens). With --config, the layout, batch sizes,
 sequence length and dtype come from the YAML and flags override them. Memory is in GiB (2^30 bytes).
-Note: pretraining does not expose activation recompute yet; --recompute is a what-if.
+Activation recompute: --recompute none|selective|full models Megatron-Core's modes (with --config,
+the YAML's --recompute-granularity is the default); --recompute auto plans none, then selective, then
+full, and picks the first whose BD and MDLM steps fit, printing the pretraining flags that select it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--global-batch-size", type=int,
                    help="sets the number of micro-batches (default: at least PP, the 1F1B peak)")
     p.add_argument("--seq-length", type=int, help="L, clean tokens per sample")
-    p.add_argument("--recompute", choices=["none", "selective", "full"], default="none")
+    p.add_argument("--recompute", choices=["none", "selective", "full", "auto"], default=None,
+                   help="activation recompute to model (default: the config's, else none); auto: the "
+                   "least recompute that fits")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="cuda: fused RMSNorm, flex attention, bf16 by default; cpu: the fp32 CPU path")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -77,6 +81,7 @@ def _inputs(args):
                            global_batch_size=t.global_batch_size, bf16=t.bf16,
                            distributed_optimizer=t.use_distributed_optimizer,
                            overlap_grad_reduce=t.overlap_grad_reduce,
+                           recompute=t.recompute_granularity or "none",
                            attention_backend=None if run.diffusion.attention_backend == "auto"
                            else run.diffusion.attention_backend)
     else:
@@ -94,7 +99,9 @@ def _inputs(args):
                 "bf16", "distributed_optimizer", "attention_backend"):
         if getattr(args, key) is not None:
             setattr(opts, key, getattr(args, key))
-    opts.device, opts.recompute = args.device, args.recompute
+    opts.device = args.device
+    if args.recompute is not None:
+        opts.recompute = args.recompute
     if args.dp is not None:
         opts.data_parallel_size = args.dp
     else:  # the smallest DP whose world (TP x PP x DP) the expert layout (EP x ETP x PP) divides
@@ -181,6 +188,9 @@ def main(argv=None) -> int:
 
     try:
         name, model, parallel, opts = _inputs(args)
+        auto = opts.recompute == "auto"
+        if auto:
+            opts.recompute = "none"
         check_layout(model, parallel, opts)
     except (ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -190,16 +200,16 @@ def main(argv=None) -> int:
     from megatron_dllm.platform.device import setup_device
     from megatron_dllm.platform.distributed import init_process_group, teardown
 
+    usable = (args.gpu_memory_gb - args.reserved_gb) * GIB
     init_process_group(setup_device("cpu"))
     try:
-        plan = plan_memory(model, parallel, opts)
+        plan, tried = _plan(model, parallel, opts, usable, plan_memory, auto)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         teardown()
     if args.json:
-        usable = (args.gpu_memory_gb - args.reserved_gb) * GIB
         out = dict(name=name, layout=dict(
             tensor_model_parallel_size=parallel.tensor_model_parallel_size,
             pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
@@ -210,10 +220,47 @@ def main(argv=None) -> int:
             options=dict(vars(opts)), **plan.to_dict(), gpu_memory_gb=args.gpu_memory_gb,
             reserved_gb=args.reserved_gb,
             fits={k: plan.peak(k).total(k) <= usable for k in ("bd", "mdlm")})
+        if tried:
+            out["recompute_auto"] = {"peak_bytes": tried, "chosen": opts.recompute,
+                                     "flags": RECOMPUTE_FLAGS[opts.recompute]}
         print(json.dumps(out, indent=2))
     else:
         print(_table(name, model, parallel, opts, plan, args))
+        if tried:
+            print(_auto_line(tried, opts.recompute, usable))
     return 0
+
+
+# What pretraining needs for each modelled mode (selective = Megatron-Core's default, core_attn).
+RECOMPUTE_FLAGS = {
+    "none": "",
+    "selective": "--recompute-granularity selective",
+    "full": "--recompute-granularity full --recompute-method uniform --recompute-num-layers 1",
+}
+
+
+def _plan(model, parallel, opts, usable: float, plan_memory, auto: bool):
+    """The plan of ``opts``; with ``auto`` the first of none / selective / full that fits
+    (``opts.recompute`` is set to it; full when none fits) and the peak bytes of each mode tried."""
+    if not auto:
+        return plan_memory(model, parallel, opts), {}
+    tried = {}
+    for mode in ("none", "selective", "full"):
+        opts.recompute = mode
+        plan = plan_memory(model, parallel, opts)
+        tried[mode] = max(plan.peak(k).total(k) for k in ("bd", "mdlm"))
+        if tried[mode] <= usable:
+            break
+    return plan, tried
+
+
+def _auto_line(tried: dict, chosen: str, usable: float) -> str:
+    peaks = ", ".join(f"{mode} {peak / GIB:.1f} GiB" for mode, peak in tried.items())
+    if tried[chosen] > usable:
+        return (f"recompute auto: nothing fits in {usable / GIB:.1f} GiB ({peaks}): use more GPUs (TP, PP, EP) "
+                "or a smaller micro-batch")
+    flags = RECOMPUTE_FLAGS[chosen] or "(no recompute flags)"
+    return f"recompute auto: {peaks}; chosen {chosen}: pretrain with {flags}"
 
 
 if __name__ == "__main__":

@@ -93,3 +93,27 @@ def test_table_output():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "total BD" in proc.stdout and "fits on a GPU of 80 GiB" in proc.stdout
     assert "activations are an estimate" in proc.stdout
+
+
+def _peak(*args):
+    proc = _run("--preset", "llada2.0-mini", "--ep", "8", "--dp", "8", "--seq-length", "16384", "--json", *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    return out, max(out["peak"][k]["total_bytes"] for k in ("bd", "mdlm"))
+
+
+def test_recompute_auto_picks_the_least_recompute_that_fits():
+    _, none = _peak("--recompute", "none")
+    _, full = _peak("--recompute", "full")
+    assert full < none  # the activation model gives full recompute less memory
+    room = (full + none) / 2 / GIB  # fits full, not none
+    out, _ = _peak("--recompute", "auto", "--gpu-memory-gb", f"{room + 4:.3f}", "--reserved-gb", "4")
+    auto = out["recompute_auto"]
+    assert auto["chosen"] in ("selective", "full") and auto["peak_bytes"]["none"] == none
+    assert auto["peak_bytes"][auto["chosen"]] <= room * GIB < none
+    assert auto["flags"].startswith("--recompute-granularity ")
+    out, _ = _peak("--recompute", "auto", "--gpu-memory-gb", "4000")
+    assert out["recompute_auto"] == {"peak_bytes": {"none": none}, "chosen": "none", "flags": ""}
+    proc = _run("--preset", "llada2.0-mini", "--ep", "8", "--dp", "8", "--seq-length", "16384", "--recompute",
+                "auto", "--gpu-memory-gb", "8")
+    assert proc.returncode == 0 and "recompute auto: nothing fits in 4.0 GiB" in proc.stdout

@@ -77,7 +77,7 @@ def write_source(out: str, fmt: str) -> dict:
 
 
 def _timed(cmd) -> dict:
-    """Wall time and peak RSS of ``cmd`` (GNU time); ``stdout`` kept for the caller."""
+    """Wall time, CPU seconds (user + system) and peak RSS of ``cmd`` (GNU time); ``stdout`` kept."""
     proc = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -86,7 +86,8 @@ def _timed(cmd) -> dict:
     seconds = 0.0
     for part in wall.split(":"):
         seconds = seconds * 60 + float(part)
-    return {"peak_rss_bytes": rss, "wall_s": round(seconds, 2), "stdout": proc.stdout}
+    cpu = sum(float(re.search(rf"{what} time \(seconds\): (\S+)", proc.stderr).group(1)) for what in ("User", "System"))
+    return {"peak_rss_bytes": rss, "wall_s": round(seconds, 2), "cpu_s": round(cpu, 2), "stdout": proc.stdout}
 
 
 def _du(path: str) -> int:

@@ -16,6 +16,7 @@ sources give an AR checkpoint (objective ar; convert it with ``tools/convert_ar_
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -204,11 +205,28 @@ def model_yaml(prepared: PreparedImport) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextlib.contextmanager
+def without_zip_crc32():
+    """``torch.save`` (each chunk of the torch_dist writer is one) without the zip records' CRC32.
+
+    The CRC is the writer's largest cost (400 MB/s on one core, 2.3 GB: 6.9 of 12.6 s) and nothing
+    reads it: ``torch.load`` and the torch_dist readers do not check it (torch's
+    ``set_crc32_options`` note); the files stay valid for them. The previous setting is restored.
+    """
+    before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        yield
+    finally:
+        torch.serialization.set_crc32_options(before)
+
+
 def run_import(prepared: PreparedImport, *, progress: bool = True) -> dict:
     """Write the imported checkpoint to ``request.save`` (atomically); returns a summary dict."""
     try:
-        summary = run(prepared.conversion, progress=progress, make_meta=_import_meta(prepared),
-                      extra_files={MODEL_YAML: model_yaml(prepared)}, label="importing")
+        with without_zip_crc32():
+            summary = run(prepared.conversion, progress=progress, make_meta=_import_meta(prepared),
+                          extra_files={MODEL_YAML: model_yaml(prepared)}, label="importing")
     finally:
         prepared.conversion.source.close()
     summary.update(dropped_source_tensors=len(prepared.conversion.source.skipped),

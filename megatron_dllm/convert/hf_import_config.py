@@ -215,8 +215,13 @@ def _moe_fields(config: dict, experts: int, layers: int, warnings: List[str]) ->
     if first_dense >= layers:
         raise ConversionError(f"config.json first_k_dense_replace {first_dense} leaves no MoE layer of {layers}")
     if groups > 1 and topk // group_topk != 2:
-        warnings.append(f"group-limited routing: Megatron scores a group by its top {topk // group_topk} experts, "
-                        "the released LLaDA2 / BailingMoeV2 code by its top 2: routing may differ")
+        # Megatron-Core's group_limited_topk sums a group's top (k // topk_group) scores, the released code
+        # (modeling_llada2_moe.py / modeling_bailing_moe_v2.py, SGLang) its top 2: other tokens would be routed.
+        raise ConversionError(
+            f"config.json num_experts_per_tok {topk} with topk_group {group_topk}: Megatron-Core scores an expert "
+            f"group by its top {topk // group_topk} experts, the released LLaDA2 / BailingMoeV2 code by its top 2, so "
+            "the imported model would route tokens differently (importable: num_experts_per_tok // topk_group == 2, "
+            "as LLaDA2.0 / Ling-2.0's 8 // 4)")
     return dict(
         num_experts=experts, moe_ffn_hidden_size=moe_ffn, moe_first_k_dense=first_dense, moe_router_topk=topk,
         moe_router_score_function="sigmoid",

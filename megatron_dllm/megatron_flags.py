@@ -104,6 +104,8 @@ NOT_SUPPORTED_VALUES: Dict[Tuple[str, str], str] = {
     ("--ckpt-format", "torch"): "legacy per-rank checkpoints: use tools/convert_ar_to_dllm.py, then torch_dist",
     ("--tokenizer-type", "BailingTokenizer"): "Ling's own tokenizer class: pass --tokenizer-type "
                                               "HuggingFaceTokenizer with its tokenizer directory",
+    ("--recompute-modules", "mla_up_proj"): "multi-latent attention (DeepSeek) is another architecture: "
+                                            "leave mla_up_proj out",
     ("--dataloader-type", "cyclic"): "only Megatron-LM's 'single' pretraining sampler is wired",
     ("--dataloader-type", "external"): "only Megatron-LM's 'single' pretraining sampler is wired",
 }
@@ -153,8 +155,9 @@ def split_argv(argv: List[str]) -> Tuple[List[str], List[str]]:
             if not any(line.startswith(shown + " (") for line in accepted):
                 accepted.append(f"{shown} ({why})")
             continue
-        if token.startswith("--") and i + 1 < len(argv):
-            check_value(flag, inline if inline is not None else argv[i + 1])
+        if token.startswith("--"):
+            for value in [inline] if inline is not None else _values(argv, i, "+", None)[0]:
+                check_value(flag, value)
         rest.append(token)
         i += 1
     return rest, accepted

@@ -123,8 +123,11 @@ def dry_run(run, environ=os.environ, out=print) -> int:
     """
     from megatron_dllm.train.preflight import check_run, resolve_vocab_size
 
+    from megatron_dllm.model.transformer_config import Execution
+
     world_size = world_size_from_env(environ)
     check_run(run, world_size, files=False)
+    Execution.from_training(run.training).check(run.model, run.parallel)  # as setup_run, before data
     if environ.get("RANK", "0") != "0":
         return 0
     notes = list(run.notes)

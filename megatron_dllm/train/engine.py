@@ -10,6 +10,7 @@ framework normalises gradients by the token count summed over micro-batches and 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -24,15 +25,25 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_dllm.config import ConfigError
 from megatron_dllm.platform.distributed import comm_device
 
 
 def wrap_ddp(chunks: List[torch.nn.Module], *, use_distributed_optimizer: bool = False,
-             overlap_grad_reduce: bool = False) -> List[DistributedDataParallel]:
-    """Wrap model chunks in Megatron-Core DDP with fp32 gradient buffers."""
+             overlap_grad_reduce: bool = False, overlap_param_gather: bool = False) -> List[DistributedDataParallel]:
+    """Wrap model chunks in Megatron-Core DDP with fp32 gradient buffers.
+
+    ``overlap_param_gather`` (distributed optimizer): after an update each rank holds only its shard
+    of the new weights; DDP's forward pre-hooks all-gather them bucket by bucket during the next
+    forward. Whatever reads the weights outside a training forward goes through :func:`synced_params`.
+    """
+    if overlap_param_gather and not (use_distributed_optimizer and overlap_grad_reduce):
+        raise ConfigError("--overlap-param-gather needs --use-distributed-optimizer and --overlap-grad-reduce "
+                          "(as in Megatron-LM): add them or drop --overlap-param-gather")
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=overlap_grad_reduce,
+        overlap_param_gather=overlap_param_gather,
         use_distributed_optimizer=use_distributed_optimizer,
         # Non-finite gradients are caught by ``optimizer_step`` from the global norm, which every rank
         # agrees on. Megatron's per-bucket check would raise on one rank only (the others wait in
@@ -53,6 +64,24 @@ def wrap_ddp(chunks: List[torch.nn.Module], *, use_distributed_optimizer: bool =
             )
         )
     return wrapped
+
+
+@contextlib.contextmanager
+def synced_params(model: List[DistributedDataParallel]):
+    """Every rank's weights complete inside the block (evaluation, checkpoint saves).
+
+    With ``--overlap-param-gather`` the all-gather of the last update waits for the next forward's
+    pre-hooks; as Megatron-LM does around evaluation and saves, the hooks are removed (which runs the
+    all-gather now) and put back afterwards. Without overlap the weights are complete already.
+    """
+    hooked = [chunk for chunk in model if getattr(chunk, "use_forward_hook", False)]
+    for chunk in hooked:
+        chunk.disable_forward_pre_hook(param_sync=True)
+    try:
+        yield
+    finally:
+        for chunk in hooked:
+            chunk.enable_forward_pre_hook()
 
 
 def build_optimizer(model: List[DistributedDataParallel], opt_config: OptimizerConfig):

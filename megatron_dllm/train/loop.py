@@ -29,7 +29,7 @@ from megatron_dllm.model.core_attention import resolve_backend
 from megatron_dllm.model.embedding_noise import EmbeddingNoise
 from megatron_dllm.checkpoint import state as checkpointing
 from megatron_dllm.platform.distributed import comm_device
-from megatron_dllm.train.engine import forward_backward, optimizer_step, reduce_reports
+from megatron_dllm.train.engine import forward_backward, optimizer_step, reduce_reports, synced_params
 from megatron_dllm.train.forward_step import StepContext, make_forward_step
 from megatron_dllm.train.logging import MetricsLogger
 from megatron_dllm.train.nonfinite import (EXIT_NONFINITE, NonFiniteError, step_problem, stop_message,
@@ -92,6 +92,7 @@ def optimizer_config(run) -> OptimizerConfig:
         adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2, adam_eps=t.adam_eps, clip_grad=t.clip_grad,
         bf16=t.bf16, params_dtype=torch.float32,
         use_distributed_optimizer=t.use_distributed_optimizer,
+        overlap_param_gather=t.overlap_param_gather,
     )
 
 
@@ -181,7 +182,8 @@ def evaluate(setup: Setup, layout: str, block: int) -> dict:
 
     if setup.datasets[1] is None:
         return {}
-    return evaluate_elbo(setup, layout, block, setup.datasets[1], setup.run.training.eval_iters)
+    with synced_params(setup.model):
+        return evaluate_elbo(setup, layout, block, setup.datasets[1], setup.run.training.eval_iters)
 
 
 def _last_checkpoint(root: Optional[str]) -> Optional[str]:
@@ -195,6 +197,11 @@ def _last_checkpoint(root: Optional[str]) -> Optional[str]:
 def save(setup: Setup) -> None:
     """Save a checkpoint of the current iteration; NonFiniteError (nothing written) when a weight is NaN / Inf."""
     run, state = setup.run, setup.state
+    with synced_params(setup.model):
+        _save(setup, run, state)
+
+
+def _save(setup: Setup, run, state) -> None:
     if not weights_finite(setup.model):
         raise NonFiniteError(stop_message(state.iteration, "a weight is not finite", 0,
                                           _last_checkpoint(run.checkpoint.save)))

@@ -87,7 +87,7 @@ def setup_run(run, device: str) -> Setup:
         for chunk in chunks:
             hook.attach(chunk)
     model = wrap_ddp(chunks, use_distributed_optimizer=t.use_distributed_optimizer,
-                     overlap_grad_reduce=t.overlap_grad_reduce)
+                     overlap_grad_reduce=t.overlap_grad_reduce, overlap_param_gather=t.overlap_param_gather)
     optimizer = build_optimizer(model, optimizer_config(run))
     scheduler = build_scheduler(optimizer, run, total)
     state = TrainState()

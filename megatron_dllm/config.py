@@ -240,7 +240,7 @@ class TrainingConfig:
     lr_wsd_decay_iters: Optional[int] = _f(None, "Decay steps at the end of a WSD LR schedule.")
     lr_wsd_decay_style: str = _f("exponential", "Shape of the WSD decay.",
                                  choices=["linear", "cosine", "exponential", "minus_sqrt"])
-    weight_decay: float = _f(0.1, "AdamW weight decay.")
+    weight_decay: float = _f(0.01, "AdamW weight decay.")
     adam_beta1: float = _f(0.9, "Adam beta1.")
     adam_beta2: float = _f(0.999, "Adam beta2.")
     adam_eps: float = _f(1e-8, "Adam epsilon.")

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from megatron_dllm.arguments import parse_args
+from megatron_dllm.arguments import _coerce, _field_table, parse_args
+from megatron_dllm.config_io import read_yaml
 from megatron_dllm.config import CheckpointConfig, ConfigError, ModelConfig, TrainingConfig
 from megatron_dllm.data.config import DataConfig
 from megatron_dllm.megatron_flags import ACCEPTED, NOT_SUPPORTED, split_argv
@@ -126,6 +127,7 @@ def test_defaults_follow_megatron_and_presets_keep_theirs():
     m, t, ck = ModelConfig(), TrainingConfig(), CheckpointConfig()
     assert (m.qk_layernorm, m.norm_epsilon) == (False, 1e-5)
     assert (t.adam_beta2, t.lr_decay_style, t.distributed_timeout_minutes) == (0.999, "linear", 10)
+    assert t.weight_decay == 0.01
     assert ck.keep_last == 0
     for name in ("tiny-moe", "tiny-dense", "llada2.0-mini", "llada2.0-flash", "llada-moe-7b-a1b"):
         preset = get_preset(name)
@@ -137,6 +139,11 @@ def test_example_configs_keep_their_training_values():
     for name in sorted(os.listdir(root)):
         run = parse_args(["--config", os.path.join(root, name)])
         assert run.training.adam_beta2 == 0.95 and run.checkpoint.keep_last == 3, name
+        table = _field_table()
+        for key, value in read_yaml(os.path.join(root, name)).items():  # every value it sets is kept
+            if key != "preset":
+                section, f, _ = table[key]
+                assert getattr(getattr(run, section), f.name) == _coerce(key, value, table), (name, key)
         assert run.training.lr_decay_style in ("WSD", "cosine"), name
 
 

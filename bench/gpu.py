@@ -6,6 +6,8 @@
        than dense-mask SDPA at 2L = 8192.
     2. Training steps of a ~1B-active MoE dLLM (step_overhead.py --model gpu-1b): AR / MDLM / BD step
        time, ratios, noise + mask share, model FLOPs and MFU against the GPU's dense bf16 peak.
+    3. The same steps on Transformer Engine's layers (--model gpu-1b-te: --transformer-impl
+       transformer_engine --moe-grouped-gemm), when TE is installed: step time and MFU, TE vs local.
 
 Writes bench/results/gpu_latest.json and prints the tables. Each stage gets a share of the time
 budget (``--budget-s``); a stage that runs out is reported as skipped, never silently dropped.
@@ -90,11 +92,12 @@ def main(argv=None) -> int:
     start = time.monotonic()
     deadline = start + args.budget_s
     results = {"date": common.now_iso(), "machine": common.machine_info(), "commands": commands(args.budget_s)}
-    # Attention gets up to 40% of the budget; the training steps get the rest.
-    results["attention"] = attention.run(device="cuda", deadline=start + 0.40 * args.budget_s, timeout=150,
+    # Attention gets up to 35% of the budget, the local-layer steps up to 70%, the TE steps the rest.
+    results["attention"] = attention.run(device="cuda", deadline=start + 0.35 * args.budget_s, timeout=150,
                                          **PLAN["attention"])
-    results["step_overhead"] = step_overhead.run(device="cuda", deadline=deadline, timeout=args.budget_s,
-                                                 **PLAN["step_overhead"])
+    results["step_overhead"] = step_overhead.run(device="cuda", deadline=start + 0.70 * args.budget_s,
+                                                 timeout=args.budget_s, **PLAN["step_overhead"])
+    results["step_overhead_te"] = _te_steps(deadline, args.budget_s)
     goals = list(results["attention"].get("goals", [])) + list(results["step_overhead"].get("goals", []))
     step = results["step_overhead"]
     results["goals"] = goals  # MFU has no goal: it is reported in the step table
@@ -104,8 +107,38 @@ def main(argv=None) -> int:
     print(report.goals_table(goals) + "\n")
     print(report.attention_table(results["attention"]) + "\n")
     print(report.step_table(step))
+    te = results["step_overhead_te"]
+    if "step_s" not in te:
+        print(f"\nTransformer Engine steps: {te.get('status')} {te.get('reason', te.get('error', ''))}")
+    else:
+        print("\nTransformer Engine layers (--transformer-impl transformer_engine --moe-grouped-gemm):")
+        print(report.step_table(te))
+        print(_te_ratios(step, te))
     print(f"\nwrote {args.out}")
     return 0
+
+
+def _te_steps(deadline: float, budget: float) -> dict:
+    """Stage 3: the step benchmark on TE's layers, or why it did not run (never silently dropped)."""
+    from megatron_dllm.model.transformer_config import transformer_engine_installed
+
+    if not transformer_engine_installed():
+        return {"status": "skipped", "reason": "Transformer Engine is not installed on this machine"}
+    if deadline - time.monotonic() < 30:
+        return {"status": "skipped", "reason": "the time budget ran out before this stage"}
+    plan = dict(PLAN["step_overhead"], model="gpu-1b-te", prototypes=False)
+    return step_overhead.run(device="cuda", deadline=deadline, timeout=budget, **plan)
+
+
+def _te_ratios(local: dict, te: dict) -> str:
+    """Step time local / TE per layout, from the two stages' medians."""
+    parts = []
+    for layout in ("ar", "mdlm", "bd"):
+        a = local.get("step_s", {}).get(layout, {}).get("median")
+        b = te.get("step_s", {}).get(layout, {}).get("median")
+        if a and b:
+            parts.append(f"{layout} {a / b:.2f}x")
+    return "step time local / TE: " + (", ".join(parts) if parts else "n/a (a stage did not finish)")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,9 @@ MODELS = {
                "--moe-ffn-hidden-size", "1024", "--moe-shared-expert-intermediate-size", "1024",
                "--moe-router-topk", "4", "--moe-router-num-groups", "8", "--moe-router-group-topk", "4"],
 }
+# The same model on Transformer Engine's layers (fused norm + linear, grouped-GEMM experts), our
+# core attention in both: bench/gpu.sh compares its step time / MFU with the local layers.
+MODELS["gpu-1b-te"] = MODELS["gpu-1b"] + ["--transformer-impl", "transformer_engine", "--moe-grouped-gemm"]
 
 # Dense bf16 tensor-core peak (FLOP/s) by GPU name substring; first match wins.
 PEAK_BF16 = [

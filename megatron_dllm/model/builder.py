@@ -6,6 +6,7 @@ Requires ``megatron.core.parallel_state`` to be initialised (``platform.distribu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import List, Optional
 
 import torch
@@ -37,14 +38,19 @@ def build_model(
     (parameter counting, memory planning). ``init_seed`` re-initialises the weights as a function of
     (seed, parameter name) only, so every parallel layout starts from the same model
     (``model/init.py``); otherwise Megatron-Core's layout-dependent initialisation is kept.
-    ``execution``: activation recompute (``Execution``); it changes memory and time, not results.
+    ``execution``: recompute, layer implementation and FP8 (``Execution``).
     """
     validate(model_cfg, parallel_cfg)
+    if meta and model_cfg.moe_grouped_gemm and not execution.use_transformer_engine:
+        # Counting / planning only: grouped-GEMM experts hold the parameters of one linear pair per
+        # expert, which the local layers build without TE.
+        model_cfg = dataclasses.replace(model_cfg, moe_grouped_gemm=False)
     tconfig = to_transformer_config(
         model_cfg, parallel_cfg, dtype=dtype, perform_initialization=not meta, execution=execution
     )
     spec = dllm_block_spec(
-        tconfig, causal=causal, attention_backend=attention_backend, vp_stage=vp_stage
+        tconfig, causal=causal, attention_backend=attention_backend, vp_stage=vp_stage,
+        use_transformer_engine=execution.use_transformer_engine,
     )
     tp = parallel_state.get_tensor_model_parallel_world_size()
     if tp != parallel_cfg.tensor_model_parallel_size:

@@ -59,15 +59,20 @@ def dllm_block_spec(
     attention_backend: str = "auto",
     vp_stage: Optional[int] = None,
     pp_rank: Optional[int] = None,
+    use_transformer_engine: bool = False,
 ):
     """Decoder block spec of a dLLM (or, with ``causal=True``, of the same model as an AR LM).
 
-    Built from ``get_gpt_decoder_block_spec`` (local, non-TE modules), so dense layers, MoE layers
-    and the first-k-dense pattern come from Megatron-Core's own logic.
+    Built from ``get_gpt_decoder_block_spec``, so dense layers, MoE layers and the first-k-dense
+    pattern come from Megatron-Core's own logic: local torch modules, or with
+    ``use_transformer_engine`` TE's fused norm + linear layers and, with ``moe_grouped_gemm``,
+    ``TEGroupedMLP`` experts. The core-attention slot holds our attention either way (TE's
+    ``TEDotProductAttention`` takes no arbitrary dLLM mask); checkpoints of the two paths use the same
+    keys (the local spec maps its norm names onto TE's).
     """
     stock = get_gpt_decoder_block_spec(
         transformer_config,
-        use_transformer_engine=False,
+        use_transformer_engine=use_transformer_engine,
         normalization=transformer_config.normalization,
         vp_stage=vp_stage,
         pp_rank=pp_rank,

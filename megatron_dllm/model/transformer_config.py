@@ -6,6 +6,7 @@ releases, DESIGN.md decision 1): a later upgrade edits this file.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -19,24 +20,44 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RECOMPUTE_MODULES = ("core_attn", "moe_act", "layernorm", "mlp", "moe", "shared_experts")
 
 
+def transformer_engine_installed() -> bool:
+    """Whether Transformer Engine can be imported here (never on our CPU machines)."""
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
 @dataclass(frozen=True)
 class Execution:
-    """How the layers run, not what they compute: activation recompute (same losses and gradients)."""
+    """How the layers run: activation recompute (same losses and gradients), the layer implementation
+    (Megatron-Core's local torch layers or Transformer Engine's) and FP8 (TE only)."""
 
     recompute_granularity: Optional[str] = None
     recompute_method: Optional[str] = None
     recompute_num_layers: Optional[int] = None
     recompute_modules: Optional[Tuple[str, ...]] = None
+    transformer_impl: str = "local"
+    fp8_format: Optional[str] = None
+    fp8_recipe: str = "delayed"
+    fp8_param_gather: bool = False
 
     @classmethod
     def from_training(cls, training) -> "Execution":
-        """The execution options of a ``TrainingConfig`` (its ``--recompute-*`` flags)."""
+        """The execution options of a ``TrainingConfig`` (``--recompute-*``, ``--transformer-impl``, ``--fp8-*``)."""
         modules = training.recompute_modules
         return cls(training.recompute_granularity, training.recompute_method, training.recompute_num_layers,
-                   tuple(modules) if modules else None)
+                   tuple(modules) if modules else None, training.transformer_impl, training.fp8_format,
+                   training.fp8_recipe, training.fp8_param_gather)
 
-    def check(self, model: ModelConfig, parallel: ParallelConfig) -> None:
-        """One-line errors for the combinations Megatron-Core refuses, naming the flag to change."""
+    @property
+    def use_transformer_engine(self) -> bool:
+        return self.transformer_impl == "transformer_engine"
+
+    def check(self, model: ModelConfig, parallel: ParallelConfig, *, bf16: Optional[bool] = None,
+              require_installed: bool = True) -> None:
+        """One-line errors for the combinations Megatron-Core refuses, naming the flag to change.
+
+        ``require_installed=False`` (``--dry-run`` on a login node) skips the check that TE imports here.
+        """
+        self._check_implementation(model, bf16, require_installed)
         g, method, n = self.recompute_granularity, self.recompute_method, self.recompute_num_layers
         if g is None:
             if method or n or self.recompute_modules:
@@ -67,12 +88,32 @@ class Execution:
             raise ConfigError("--recompute-modules moe / moe_act / shared_experts need an MoE model "
                               "(--num-experts)")
 
+    def _check_implementation(self, model: ModelConfig, bf16: Optional[bool], require_installed: bool) -> None:
+        if self.use_transformer_engine:
+            if require_installed and not transformer_engine_installed():
+                raise ConfigError("--transformer-impl transformer_engine: Transformer Engine is not installed "
+                                  "here (GPU only; see the Dockerfile): use --transformer-impl local")
+        elif model.moe_grouped_gemm:
+            raise ConfigError("--moe-grouped-gemm needs --transformer-impl transformer_engine (TE's grouped "
+                              "GEMM experts); with local layers drop --moe-grouped-gemm")
+        if self.fp8_format is None:
+            if self.fp8_param_gather:
+                raise ConfigError("--fp8-param-gather needs --fp8-format e4m3|hybrid")
+            return
+        if not self.use_transformer_engine:
+            raise ConfigError(f"--fp8-format {self.fp8_format} needs --transformer-impl transformer_engine")
+        if bf16 is False:
+            raise ConfigError(f"--fp8-format {self.fp8_format} needs --bf16 (FP8 GEMMs inside bf16 training)")
+
     def transformer_config_kwargs(self) -> dict:
-        if self.recompute_granularity is None:
-            return {}
-        return dict(recompute_granularity=self.recompute_granularity, recompute_method=self.recompute_method,
-                    recompute_num_layers=self.recompute_num_layers,
-                    recompute_modules=list(self.recompute_modules) if self.recompute_modules else None)
+        out = {}
+        if self.fp8_format is not None:
+            out.update(fp8=self.fp8_format, fp8_recipe=self.fp8_recipe, fp8_param=self.fp8_param_gather)
+        if self.recompute_granularity is not None:
+            out.update(recompute_granularity=self.recompute_granularity, recompute_method=self.recompute_method,
+                       recompute_num_layers=self.recompute_num_layers,
+                       recompute_modules=list(self.recompute_modules) if self.recompute_modules else None)
+        return out
 
 
 def to_transformer_config(
@@ -87,9 +128,9 @@ def to_transformer_config(
     """Build the Megatron-Core TransformerConfig for ``model`` under ``parallel``.
 
     ``dtype`` is the compute / parameter dtype: 'fp32' (CPU), 'bf16' (GPU mixed precision).
-    ``execution``: activation recompute (checked first, one-line errors).
+    ``execution``: recompute, layer implementation, FP8 (checked first, one-line errors).
     """
-    execution.check(model, parallel)
+    execution.check(model, parallel, bf16=dtype == "bf16")
     if dtype not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
     kwargs = dict(

@@ -59,7 +59,7 @@ def setup_run(run, device: str) -> Setup:
     rank0 = dist.get_rank() == 0
     t, ck = run.training, run.checkpoint
     check_checkpoint_config(run)
-    Execution.from_training(t).check(run.model, run.parallel)  # recompute flags, before any data is read
+    Execution.from_training(t).check(run.model, run.parallel, bf16=t.bf16)  # before any data is read
     stale = checkpointing.prepare_save(ck.save, ck.load, ck.finetune)  # refuses a foreign --save
     mask_token_id, eod_id, vocab_size = token_ids(run)
     total = train_iters(run)

@@ -2,15 +2,17 @@
 
 Parses and checks the run for the world size the launcher will give it (``WORLD_SIZE`` from the
 environment, as torchrun and srun set it; default 1), builds the model on the meta device (no memory)
-and prints the resolved config, the parallel layout and the per-GPU memory plan. Reads no data,
-tokenizer or checkpoint file and starts no multi-rank process group: a one-rank gloo group in this
-process is enough for the meta build. Under torchrun every rank validates; only rank 0 builds and
-prints.
+and prints the resolved config, the parallel layout and the per-GPU memory plan. Needs no data,
+tokenizer or checkpoint file (a tokenizer that is there gives the vocabulary size; a --load that
+holds a checkpoint is checked against the model flags, from its metadata) and starts no multi-rank
+process group: a one-rank gloo group in this process is enough for the meta build. Under torchrun
+every rank validates; only rank 0 builds and prints.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 from typing import Optional
@@ -121,15 +123,16 @@ def dry_run(run, environ=os.environ, out=print) -> int:
     Raises ConfigError (one line naming the fix) for anything a real start would refuse before
     reading data.
     """
-    from megatron_dllm.train.preflight import check_run, resolve_vocab_size
-
     from megatron_dllm.model.transformer_config import Execution
+    from megatron_dllm.train.preflight import check_checkpoint_config, check_run, resolve_vocab_size
 
     world_size = world_size_from_env(environ)
     check_run(run, world_size, files=False)
-    Execution.from_training(run.training).check(run.model, run.parallel)  # as setup_run, before data
-    if environ.get("RANK", "0") != "0":
-        return 0
+    execution = Execution.from_training(run.training)
+    # As setup_run does before reading data; a login node need not have Transformer Engine installed.
+    known = inspect.signature(execution.check).parameters
+    execution.check(run.model, run.parallel, **{k: v for k, v in (("bf16", run.training.bf16),
+                                                                  ("require_installed", False)) if k in known})
     notes = list(run.notes)
     if run.vocab_from_tokenizer and run.data.tokenizer_model and run.data.tokenizer_type != "NullTokenizer":
         if os.path.exists(run.data.tokenizer_model):
@@ -137,8 +140,11 @@ def dry_run(run, environ=os.environ, out=print) -> int:
         else:
             notes.append(f"--tokenizer-model is not here: the plan uses --vocab-size {run.model.vocab_size}; "
                          f"a real start takes the tokenizer's size")
+    check_checkpoint_config(run)  # only when --load already holds a checkpoint (its metadata, no weights)
+    if environ.get("RANK", "0") != "0":
+        return 0
     counts, plan, opts = build_and_plan(run, world_size)
-    out(f"dry run: {world_size} rank(s) (WORLD_SIZE); no data, tokenizer or checkpoint was read")
+    out(f"dry run: {world_size} rank(s) (WORLD_SIZE); no data was read")
     for line in run.accepted_flags:
         out(f"accepted, no effect here: {line}")
     for line in notes:

@@ -36,3 +36,11 @@ def test_exit_duration_saves_and_exits(tmp_path, capsys, monkeypatch, restored_e
     assert [line.split(" (")[0] for line in listed] == ["accepted, no effect here: --use-mcore-models",
                                                         "accepted, no effect here: --log-throughput"]
     assert "--exit-duration-in-mins 2 reached at iteration 1" in out
+    # a dry run against that checkpoint: the same model passes, another architecture is one line
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    dry = ["--config", TINY, "--mock-data", "--train-iters", "40", "--load", str(save), "--dry-run"]
+    assert main(dry) == 0
+    capsys.readouterr()
+    assert main(dry + ["--num-layers", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different model config than the flags (num_layers: checkpoint 2 vs flags 4" in err[0], err

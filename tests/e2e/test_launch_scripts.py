@@ -19,7 +19,9 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "launch_scr
 
 # script -> (WORLD_SIZE it runs at, flags the test adds, wired / accepted / not supported counts)
 SCRIPTS = {
-    "mixtral_8x7b": (32, [], (54, 5, 0)),             # 8 GPUs x 4 nodes: PP 4 x EP 8
+    # 8 GPUs x 4 nodes: PP 4 x EP 8. Megatron-LM's default layer implementation is Transformer Engine
+    # (its --moe-grouped-gemm is TE's grouped GEMM); ours is local, so the test says it.
+    "mixtral_8x7b": (32, ["--transformer-impl", "transformer_engine"], (54, 5, 0)),
     "deepseek_v3_mfsdp": (8, [], (76, 23, 21)),       # EP 8
     # TP 4 x EP 2. The RL script sets no training length or data (its environment provides them),
     # and leaves sequence parallelism off, which Megatron-Core's MoELayer refuses in training with
@@ -120,7 +122,7 @@ def test_qwen3_moe_with_tp_needs_sequence_parallel(tmp_path, capsys, monkeypatch
 def test_dry_run_checks_the_world_size_and_only_rank0_prints(tmp_path, capsys, monkeypatch):
     from megatron_dllm.pretrain import main
 
-    argv = argv_of(read_fixture("mixtral_8x7b", tmp_path)) + ["--dry-run"]
+    argv = argv_of(read_fixture("mixtral_8x7b", tmp_path)) + SCRIPTS["mixtral_8x7b"][1] + ["--dry-run"]
     monkeypatch.setenv("WORLD_SIZE", "24")  # PP 4 x EP 8 needs a multiple of 32
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -32,7 +32,8 @@ def inference_config(load_dir: str, parallel: ParallelConfig, world_size: Option
     if iteration is None:
         raise ConfigError(f"--load {load_dir}: no checkpoint found")
     meta = checkpointing.read_meta(load_dir, iteration)
-    model_cfg = model_config_from_meta(meta)
+    # Experts trained as TE grouped GEMMs load into the local per-expert layers (same checkpoint keys).
+    model_cfg = dataclasses.replace(model_config_from_meta(meta), moe_grouped_gemm=False)
     if model_cfg.is_moe and parallel.tensor_model_parallel_size > 1:
         parallel = dataclasses.replace(parallel, sequence_parallel=True)
     validate(model_cfg, parallel, world_size)

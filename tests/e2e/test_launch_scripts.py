@@ -149,3 +149,15 @@ def test_vocab_size_comes_from_the_tokenizer_unless_given(tmp_path, capsys, monk
     assert f'"vocab_size": {size},' in out and f"note: --vocab-size {size} from the tokenizer" in out
     assert main(base + ["--vocab-size", "4096"]) == 0
     assert '"vocab_size": 4096,' in capsys.readouterr().out
+
+
+def test_hub_name_tokenizer_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    """DeepSeek-V3's and Qwen3's scripts pass HF hub names; nothing is downloaded here."""
+    from megatron_dllm.pretrain import main
+
+    world, extra, _ = SCRIPTS["qwen3_30b_a3b_moe"]
+    kept = [e for e in read_fixture("qwen3_30b_a3b_moe", tmp_path) if not not_supported(*e)]
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    assert main(argv_of(kept) + extra + ["--tokenizer-model", "Qwen/Qwen3-30B-A3B", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Qwen/Qwen3-30B-A3B looks like a Hugging Face hub name: nothing is downloaded" in err[0]

@@ -60,6 +60,7 @@ RANGES: Dict[Tuple[str, str], Range] = {
     ("training", "lr"): AT_LEAST_0,
     ("training", "min_lr"): AT_LEAST_0,
     ("training", "lr_warmup_iters"): AT_LEAST_0,
+    ("training", "lr_warmup_init"): AT_LEAST_0,
     ("training", "lr_decay_iters"): AT_LEAST_1,
     ("training", "lr_wsd_decay_iters"): AT_LEAST_1,
     ("training", "weight_decay"): AT_LEAST_0,

@@ -49,6 +49,7 @@ PRETRAIN = ["--config", os.path.join(ROOT, "examples", "configs", "tiny_moe_cpu.
     (["--lr", "-1"], "--lr -1.0 must be a finite number >= 0"),
     (["--lr", "nan"], "--lr nan must be a finite number >= 0"),
     (["--weight-decay", "-0.1"], "--weight-decay -0.1 must be a finite number >= 0"),
+    (["--lr-warmup-init", "-0.5"], "--lr-warmup-init -0.5 must be a finite number >= 0"),
     (["--adam-beta2", "1"], "--adam-beta2 1.0 must be a finite number >= 0 and < 1"),
     (["--adam-eps", "0"], "--adam-eps 0.0 must be a finite number > 0"),
     (["--hidden-dropout", "2"], "--hidden-dropout 2.0 must be a finite number >= 0 and < 1"),

@@ -75,7 +75,8 @@ NOT_SUPPORTED: Dict[str, Tuple[object, str]] = {
     "--mtp-loss-scaling-factor": (1, "multi-token prediction is an AR objective; a dLLM predicts all masked tokens"),
     "--bias-zero-mean-update": (0, "a Ling-V2 fork flag, not in Megatron-LM; expert-bias updates follow Megatron-Core"),
     "--moe-enable-deepep": (0, "the DeepEP dispatcher backend is not wired: use --moe-token-dispatcher-type alltoall"),
-    "--moe-flex-dispatcher-backend": (1, "DeepEP / HybridEP backends are not wired: use --moe-token-dispatcher-type alltoall"),
+    "--moe-flex-dispatcher-backend": (1, "DeepEP / HybridEP backends are not wired: use "
+                                         "--moe-token-dispatcher-type alltoall"),
     "--moe-router-force-load-balancing": (0, "a benchmarking switch that overrides the router's choice"),
     "--use-megatron-fsdp": (0, _FSDP),
     "--data-parallel-sharding-strategy": (1, _FSDP),

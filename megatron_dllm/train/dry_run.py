@@ -113,7 +113,8 @@ def _te_note(run) -> Optional[str]:
     try:
         import transformer_engine  # noqa: F401
     except ImportError:
-        return "--transformer-impl transformer_engine: Transformer Engine is not installed here (it must be on the GPU nodes)"
+        return ("--transformer-impl transformer_engine: Transformer Engine is not installed here (it must be on "
+                "the GPU nodes)")
     return None
 
 

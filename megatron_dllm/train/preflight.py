@@ -128,9 +128,10 @@ def check_tokenizer(data, files: bool = True) -> None:
         except DataError as exc:
             raise ConfigError(str(exc)) from exc
         if found != _KIND[kind]:
-            raise ConfigError(f"--tokenizer-type {kind} but --tokenizer-model {file} is a "
-                              f"{'HF tokenizer.json' if found == 'hf' else 'sentencepiece model'}: "
-                              f"pass --tokenizer-type {'HuggingFaceTokenizer' if found == 'hf' else 'SentencePieceTokenizer'}")
+            what, fix = (("a HF tokenizer.json", "HuggingFaceTokenizer") if found == "hf"
+                         else ("a sentencepiece model", "SentencePieceTokenizer"))
+            raise ConfigError(f"--tokenizer-type {kind} but --tokenizer-model {file} is {what}: "
+                              f"pass --tokenizer-type {fix}")
 
 
 def _check_alignment(d) -> None:
@@ -164,7 +165,8 @@ def resolve_vocab_size(run) -> str | None:
     if size == run.model.vocab_size:
         return None
     run.model = dataclasses.replace(run.model, vocab_size=size)
-    return f"--vocab-size {size} from the tokenizer (padded to {run.model.padded_vocab_size(run.parallel.tensor_model_parallel_size)})"
+    padded = run.model.padded_vocab_size(run.parallel.tensor_model_parallel_size)
+    return f"--vocab-size {size} from the tokenizer (padded to {padded})"
 
 
 def check_checkpoint_config(run) -> None:

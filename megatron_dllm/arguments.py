@@ -287,7 +287,8 @@ def resolve_megatron(run: RunConfig) -> RunConfig:
             changes[iters] = _samples_to_iters(value, gbs)
         run.training = t = dataclasses.replace(t, **changes)
         run.notes.append(f"--train-samples {t.train_samples} = {t.train_iters} iterations of "
-                         f"{gbs} samples; LR warm-up {t.lr_warmup_iters}, decay {t.lr_decay_iters} iterations")
+                         f"{gbs} samples; LR warm-up {t.lr_warmup_iters}, decay {t.lr_decay_iters or t.train_iters} "
+                         f"iterations")
     else:
         for samples, iters in pairs:
             if getattr(t, samples):  # Megatron-LM allows 0 with iteration-based training

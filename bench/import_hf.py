@@ -8,14 +8,14 @@
    lm_head are the largest tensors, 307 MiB each);
 2. ``cp -r SRC DST && sync`` and ``tools/import_hf.py --hf SRC --save OUT --quiet`` alternate for
    ``--rounds`` rounds (order swapped every round; an untimed ``sync`` after each deletion), each under
-   ``/usr/bin/time -v`` (wall time, peak RSS; ``bench_synthetic._timed``). Both read a source in the
+   ``/usr/bin/time -v`` (wall time, peak RSS; ``bench_synthetic._timed``). cp and the import read a source in the
    page cache (it was just written; dropping the cache needs root);
 3. prints JSON: wall times, ``import / (cp + sync)`` per round (median), the import's own tensor phase
    (``seconds`` of its summary: reading + writing, without interpreter start-up and imports), peak RSS
    and the bound ``2 x largest tensor + 1 GiB``, CPU seconds (user + system) of each, and the goals
    of issue 14 (import throughput >= 50 % of cp + sync, i.e. ratio <= 2; peak RSS <= the bound).
 
-    python bench/import_hf.py --dir /tmp/bench_import [--rounds 2] [--json-out FILE] [--keep]
+    python bench/import_hf.py --dir /tmp/bench_import [--rounds 2] [--moe-layers 8] [--json-out FILE] [--keep]
 
 Needs ~3x the checkpoint size free under ``--dir`` (source, copy, import output). Not part of
 ``bench/run.py`` (minutes, GBs of disk).
@@ -49,6 +49,11 @@ CONFIG = dict(
     routed_scaling_factor=2.5, moe_intermediate_size=512, first_k_dense_replace=1, initializer_range=0.006,
     moe_router_enable_expert_bias=True, num_nextn_predict_layers=0, max_window_layers=9, pad_token_id=156892,
     torch_dtype="bfloat16")
+
+
+def bench_config(moe_layers: int = 8) -> dict:
+    """CONFIG with ``moe_layers`` MoE layers after the dense one (each ~201 MiB of experts in bf16)."""
+    return dict(CONFIG, num_hidden_layers=1 + moe_layers, max_window_layers=1 + moe_layers)
 
 
 def write_hf_checkpoint(directory: str, config: dict = CONFIG, shard_bytes: int = SHARD_BYTES) -> dict:
@@ -109,7 +114,7 @@ def _summary(stdout: str) -> dict:
     return json.loads(text)
 
 
-def run(directory: str, rounds: int = 2, keep: bool = False, source: str = None) -> dict:
+def run(directory: str, rounds: int = 2, keep: bool = False, source: str = None, moe_layers: int = 8) -> dict:
     """``source``: a checkpoint written earlier by :func:`write_hf_checkpoint` (kept), else a new one."""
     if os.path.exists(directory):
         raise SystemExit(f"error: {directory} exists: give a new scratch directory")
@@ -124,7 +129,7 @@ def run(directory: str, rounds: int = 2, keep: bool = False, source: str = None)
             info = json.load(open(os.path.join(source, INFO)))
         else:
             common.log("import_hf: writing the synthetic HF checkpoint")
-            info = write_hf_checkpoint(src)
+            info = write_hf_checkpoint(src, bench_config(moe_layers))
         made = round(time.perf_counter() - start, 1)
         size = _du(src) - os.path.getsize(os.path.join(src, INFO))
         os.sync()  # the source's own writeback is not charged to the first round
@@ -154,8 +159,9 @@ def run(directory: str, rounds: int = 2, keep: bool = False, source: str = None)
         ratio = common.paired_ratio(imp_s, cp_s)
         return {
             "status": "ok", "checkpoint_bytes": size, "write_s": made, **info,
-            "config": {k: CONFIG[k] for k in ("hidden_size", "num_hidden_layers", "num_experts", "vocab_size",
-                                              "moe_intermediate_size", "torch_dtype")},
+            "config": {k: v for k, v in json.load(open(os.path.join(src, "config.json"))).items()
+                       if k in ("hidden_size", "num_hidden_layers", "num_experts", "vocab_size",
+                                "moe_intermediate_size", "torch_dtype")},
             "cp_and_sync_s": common.summary(cp_s), "import_s": common.summary(imp_s),
             "import_tensor_phase_s": common.summary(phase_s), "cpu_s": cpu,
             "import_peak_rss_bytes": peak, "bound_bytes": bound,
@@ -179,11 +185,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", required=True, help="Scratch directory (must not exist; ~7 GB free needed).")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--moe-layers", type=int, default=8,
+                   help="MoE layers of the synthetic model (8: 2.3 GB; each one more adds 0.21 GB).")
     p.add_argument("--keep", action="store_true", help="Keep the files afterwards.")
     p.add_argument("--source", help="Use this checkpoint (from an earlier --keep run: DIR/hf) instead of writing one.")
     p.add_argument("--json-out")
     args = p.parse_args(argv)
-    result = run(args.dir, args.rounds, args.keep, args.source)
+    result = run(args.dir, args.rounds, args.keep, args.source, args.moe_layers)
     if args.json_out:
         common.write_json(args.json_out, result)
     print(json.dumps(result, indent=2))

@@ -54,3 +54,16 @@ def test_megatron_rule_differs_exactly_when_k_over_kept_groups_is_not_two():
 def test_groups_that_do_not_divide_the_experts_are_refused():
     with pytest.raises(ValueError, match="do not split"):
         released_group_limited_topk(torch.rand(2, 10), 2, 4, 2)
+
+
+def test_presets_with_groups_route_as_released_except_tiny_moe():
+    """LLaDA2.0-mini / -flash keep k // kept == 2 (stock routing is the released rule); tiny-moe does not
+    (2 // 2 = 1): it routes as the released code only with ReleasedGroupTopKRouter in its spec."""
+    from megatron_dllm.model.presets import PRESETS
+
+    differs = sorted(name for name, cfg in PRESETS.items()
+                     if (cfg.moe_router_num_groups or 1) > 1
+                     and cfg.moe_router_topk // cfg.moe_router_group_topk != 2)
+    grouped = sorted(name for name, cfg in PRESETS.items() if (cfg.moe_router_num_groups or 1) > 1)
+    assert differs == ["tiny-moe"]
+    assert grouped == ["llada2.0-flash", "llada2.0-mini", "tiny-moe"]

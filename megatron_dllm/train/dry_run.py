@@ -12,7 +12,6 @@ every rank validates; only rank 0 builds and prints.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 from typing import Optional
@@ -129,11 +128,9 @@ def dry_run(run, environ=os.environ, out=print) -> int:
 
     world_size = world_size_from_env(environ)
     check_run(run, world_size, files=False)
-    execution = Execution.from_training(run.training)
     # As setup_run does before reading data; a login node need not have Transformer Engine installed.
-    known = inspect.signature(execution.check).parameters
-    execution.check(run.model, run.parallel, **{k: v for k, v in (("bf16", run.training.bf16),
-                                                                  ("require_installed", False)) if k in known})
+    Execution.from_training(run.training).check(run.model, run.parallel, bf16=run.training.bf16,
+                                                require_installed=False)
     notes = list(run.notes)
     if run.vocab_from_tokenizer and run.data.tokenizer_model and run.data.tokenizer_type != "NullTokenizer":
         if os.path.exists(run.data.tokenizer_model):

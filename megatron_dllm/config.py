@@ -252,10 +252,12 @@ class TrainingConfig:
     overlap_param_gather: bool = _f(
         False, "Overlap the distributed optimizer's parameter all-gather with the next forward "
         "(needs --use-distributed-optimizer and --overlap-grad-reduce, as in Megatron-LM).")
-    transformer_impl: str = _f(
-        "local", "Layer implementation: 'local' (Megatron-Core's torch layers, our core attention; CPU "
+    transformer_impl: Optional[str] = _f(
+        None, "Layer implementation: 'local' (Megatron-Core's torch layers, our core attention; CPU "
         "and GPU) or 'transformer_engine' (TE linears / norms / grouped GEMM with our core attention; "
-        "GPU with Transformer Engine installed).", choices=["local", "transformer_engine"])
+        "GPU with Transformer Engine installed). Default: local, or transformer_engine when "
+        "--moe-grouped-gemm or --fp8-format asks for TE (Megatron-LM's default is TE).",
+        choices=["local", "transformer_engine"])
     fp8_format: Optional[str] = _f(
         None, "FP8 training with Transformer Engine: 'e4m3' or 'hybrid' (e4m3 forward, e5m2 gradients).",
         choices=["e4m3", "hybrid"])

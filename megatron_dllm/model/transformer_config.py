@@ -40,11 +40,19 @@ class Execution:
     fp8_param_gather: bool = False
 
     @classmethod
-    def from_training(cls, training) -> "Execution":
-        """The execution options of a ``TrainingConfig`` (``--recompute-*``, ``--transformer-impl``, ``--fp8-*``)."""
+    def from_training(cls, training, model: Optional[ModelConfig] = None) -> "Execution":
+        """The execution options of a ``TrainingConfig`` (``--recompute-*``, ``--transformer-impl``, ``--fp8-*``).
+
+        Without ``--transformer-impl``, a run that asks for TE's features (``--moe-grouped-gemm`` of
+        ``model``, ``--fp8-format``) gets the TE path, as under Megatron-LM's default; otherwise local.
+        """
         modules = training.recompute_modules
+        impl = training.transformer_impl
+        if impl is None:
+            wants_te = training.fp8_format is not None or (model is not None and model.moe_grouped_gemm)
+            impl = "transformer_engine" if wants_te else "local"
         return cls(training.recompute_granularity, training.recompute_method, training.recompute_num_layers,
-                   tuple(modules) if modules else None, training.transformer_impl, training.fp8_format,
+                   tuple(modules) if modules else None, impl, training.fp8_format,
                    training.fp8_recipe, training.fp8_param_gather)
 
     @property

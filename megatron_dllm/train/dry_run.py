@@ -107,7 +107,9 @@ def _memory_lines(plan, opts) -> list:
 
 
 def _te_note(run) -> Optional[str]:
-    if run.training.transformer_impl != "transformer_engine":
+    from megatron_dllm.model.transformer_config import Execution
+
+    if not Execution.from_training(run.training, run.model).use_transformer_engine:
         return None
     try:
         import transformer_engine  # noqa: F401
@@ -129,7 +131,7 @@ def dry_run(run, environ=os.environ, out=print) -> int:
     world_size = world_size_from_env(environ)
     check_run(run, world_size, files=False)
     # As setup_run does before reading data; a login node need not have Transformer Engine installed.
-    Execution.from_training(run.training).check(run.model, run.parallel, bf16=run.training.bf16,
+    Execution.from_training(run.training, run.model).check(run.model, run.parallel, bf16=run.training.bf16,
                                                 require_installed=False)
     notes = list(run.notes)
     if run.vocab_from_tokenizer and run.data.tokenizer_model and run.data.tokenizer_type != "NullTokenizer":

@@ -59,7 +59,7 @@ def setup_run(run, device: str) -> Setup:
     rank0 = dist.get_rank() == 0
     t, ck = run.training, run.checkpoint
     check_checkpoint_config(run)
-    Execution.from_training(t).check(run.model, run.parallel, bf16=t.bf16)  # before any data is read
+    Execution.from_training(t, run.model).check(run.model, run.parallel, bf16=t.bf16)  # before any data is read
     stale = checkpointing.prepare_save(ck.save, ck.load, ck.finetune)  # refuses a foreign --save
     mask_token_id, eod_id, vocab_size = token_ids(run)
     total = train_iters(run)
@@ -77,7 +77,7 @@ def setup_run(run, device: str) -> Setup:
     chunks = build_model_chunks(run.model, run.parallel, causal=run.diffusion.objective == "ar",
                                 attention_backend=run.diffusion.attention_backend,
                                 dtype="bf16" if t.bf16 else "fp32", init_seed=t.seed,
-                                execution=Execution.from_training(t))
+                                execution=Execution.from_training(t, run.model))
     if device == "cuda":
         chunks = [c.cuda() for c in chunks]
     hook = None

@@ -49,7 +49,7 @@ def test_moe_modules_need_an_moe_model():
 
 def _execution(*flags):
     run = parse_args(["--preset", "tiny-moe"] + list(flags))
-    return run, Execution.from_training(run.training)
+    return run, Execution.from_training(run.training, run.model)
 
 
 def test_transformer_engine_path_needs_te_installed():
@@ -64,8 +64,8 @@ def test_transformer_engine_path_needs_te_installed():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--moe-grouped-gemm"], "--moe-grouped-gemm needs --transformer-impl transformer_engine"),
-    (["--fp8-format", "e4m3"], "--fp8-format e4m3 needs --transformer-impl transformer_engine"),
+    (["--transformer-impl", "local", "--moe-grouped-gemm"], "--moe-grouped-gemm needs --transformer-impl transformer_engine"),
+    (["--transformer-impl", "local", "--fp8-format", "e4m3"], "--fp8-format e4m3 needs --transformer-impl transformer_engine"),
     (["--fp8-param-gather"], "--fp8-param-gather needs --fp8-format"),
     (["--transformer-impl", "transformer_engine", "--fp8-format", "hybrid"], "--fp8-format hybrid needs --bf16"),
 ])
@@ -80,3 +80,17 @@ def test_fp8_flags_reach_the_transformer_config():
                          "blockwise", "--fp8-param-gather", "--bf16")
     ex.check(run.model, run.parallel, bf16=True, require_installed=False)
     assert ex.transformer_config_kwargs() == {"fp8": "hybrid", "fp8_recipe": "blockwise", "fp8_param": True}
+
+
+@pytest.mark.parametrize("flags, te", [([], False), (["--moe-grouped-gemm"], True),
+                                       (["--fp8-format", "hybrid", "--bf16"], True),
+                                       (["--transformer-impl", "local"], False)])
+def test_te_features_imply_the_te_path_as_megatron_lm_does(flags, te):
+    from megatron_dllm.model.transformer_config import transformer_engine_installed
+
+    run, ex = _execution(*flags)
+    assert ex.use_transformer_engine is te
+    ex.check(run.model, run.parallel, bf16=run.training.bf16, require_installed=False)
+    if te and not transformer_engine_installed():
+        with pytest.raises(ConfigError, match="Transformer Engine is not installed here"):
+            ex.check(run.model, run.parallel, bf16=run.training.bf16)

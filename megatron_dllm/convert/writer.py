@@ -58,6 +58,10 @@ def produce(item: TargetTensor, resolved: Dict[str, object], plan: MaskTokenPlan
         if tuple(item.sizes) != tuple(item.global_shape):
             raise ConversionError(f"{key}: expected one chunk for the whole vocabulary")
         rows = min(tensor.shape[0], item.global_shape[0])
+        if rows == item.global_shape[0] and not plan.init_rows:
+            # nothing to pad or initialise: the source's box as it is (a mapped safetensors tensor is
+            # written without a copy; the embedding is the largest tensor)
+            return tensor.read_box((0,) * len(item.global_shape), tuple(item.global_shape))
         out = torch.empty(item.global_shape, dtype=tensor.dtype)
         tensor.read_box((0,) * len(out.shape), (rows,) + tuple(out.shape[1:]), out=out[:rows])
         return fill_vocab_rows(out, plan, rows)

@@ -17,6 +17,8 @@
 
     python bench/import_hf.py --dir /tmp/bench_import [--rounds 2] [--moe-layers 8] [--json-out FILE] [--keep]
 
+The measured results behind BENCHMARKS.md "HF import" are in ``bench/results/import_hf.json``.
+
 Needs ~3x the checkpoint size free under ``--dir`` (source, copy, import output). Not part of
 ``bench/run.py`` (minutes, GBs of disk).
 """

@@ -23,15 +23,14 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron_dllm.convert.cli_flags import add_output, add_target_layout  # noqa: E402  (no torch import)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", required=True, help="AR checkpoint directory (read only).")
     p.add_argument("--save", required=True, help="Output directory (must not exist).")
-    p.add_argument("--target-tensor-model-parallel-size", type=int, default=1,
-                   help="TP the output is padded and validated for (default 1).")
-    p.add_argument("--target-pipeline-model-parallel-size", type=int, default=1, help="PP to validate for.")
-    p.add_argument("--target-expert-model-parallel-size", type=int, default=1, help="EP to validate for.")
+    add_target_layout(p)
     mask = p.add_mutually_exclusive_group()
     mask.add_argument("--mask-token-id", type=int, help="Use this id as [MASK].")
     mask.add_argument("--add-mask-token", action="store_true",
@@ -47,8 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Record the token shift inside block diffusion (position i predicted from the output "
                         "at i-1; train with --dllm-token-shift): keeps the AR head's alignment, not served "
                         "by LLaDA2 samplers.")
-    p.add_argument("--max-file-gb", type=float, default=8.0, help="Size of each output data file.")
-    p.add_argument("--quiet", action="store_true", help="No progress bar.")
+    add_output(p)
     return p
 
 

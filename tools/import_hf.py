@@ -26,15 +26,14 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron_dllm.convert.cli_flags import add_output, add_target_layout  # noqa: E402  (no torch import)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hf", required=True, help="HF model directory (read only).")
     p.add_argument("--save", required=True, help="Output directory (must not exist).")
-    p.add_argument("--target-tensor-model-parallel-size", type=int, default=1,
-                   help="TP the output is padded and validated for (default 1).")
-    p.add_argument("--target-pipeline-model-parallel-size", type=int, default=1, help="PP to validate for.")
-    p.add_argument("--target-expert-model-parallel-size", type=int, default=1, help="EP to validate for.")
+    add_target_layout(p)
     p.add_argument("--dtype", default="keep", choices=["keep", "bf16", "fp32", "fp16"],
                    help="Weight dtype in the output (default: as stored); the router's expert bias stays fp32.")
     p.add_argument("--to-dllm", action="store_true",
@@ -48,8 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="With --to-dllm: record AR-aligned labels (as convert_ar_to_dllm.py --label-shift).")
     shift.add_argument("--token-shift", action="store_true",
                        help="With --to-dllm: record the token shift (as convert_ar_to_dllm.py --token-shift).")
-    p.add_argument("--max-file-gb", type=float, default=8.0, help="Size of each output data file.")
-    p.add_argument("--quiet", action="store_true", help="No progress bar.")
+    add_output(p)
     return p
 
 

@@ -20,6 +20,7 @@ One job per module (the tools in ``tools/`` are thin CLIs over them):
     hf_import.py          the HF import (tools/import_hf.py) over convert.run
     llada2_hf/            our transformers LLaDA2MoeModelLM (shipped with exports, trust_remote_code)
     merge.py              top-k checkpoint averaging over dcp_io (tools/merge_checkpoints.py)
+    cli_flags.py          flags shared by the converter CLIs (target layout, output files)
     progress.py, errors.py, bench_synthetic.py (peak memory vs ``cp -r``)
 
 Finding checkpoints, reading their pickles safely, the DCP reader / writer and the tools' output

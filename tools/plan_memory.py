@@ -196,14 +196,13 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from megatron_dllm.model.memory import plan_memory
     from megatron_dllm.platform.device import setup_device
     from megatron_dllm.platform.distributed import init_process_group, teardown
 
     usable = (args.gpu_memory_gb - args.reserved_gb) * GIB
     init_process_group(setup_device("cpu"))
     try:
-        plan, tried = _plan(model, parallel, opts, usable, plan_memory, auto)
+        plan, tried = _plan(model, parallel, opts, usable, auto)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -239,9 +238,11 @@ RECOMPUTE_FLAGS = {
 }
 
 
-def _plan(model, parallel, opts, usable: float, plan_memory, auto: bool):
+def _plan(model, parallel, opts, usable: float, auto: bool):
     """The plan of ``opts``; with ``auto`` the first of none / selective / full that fits
     (``opts.recompute`` is set to it; full when none fits) and the peak bytes of each mode tried."""
+    from megatron_dllm.model.memory import plan_memory
+
     if not auto:
         return plan_memory(model, parallel, opts), {}
     tried = {}

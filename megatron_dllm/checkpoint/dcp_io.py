@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from megatron_dllm.checkpoint.errors import CheckpointError
-from megatron_dllm.checkpoint.integrity import check_data_files
+from megatron_dllm.checkpoint.integrity import check_data_files, item_bytes
 from megatron_dllm.checkpoint.safe_pickle import load_dcp_metadata, safe_torch_load
 
 
@@ -238,10 +238,7 @@ class DcpReader:
         info = self._storage.get(MetadataIndex(key)) if key in self.objects else None
         if info is None:
             raise CheckpointError(f"{self.path}: no object {key!r}")
-        with open(os.path.join(self.path, info.relative_path), "rb") as handle:
-            handle.seek(int(info.offset))
-            data = handle.read(int(info.length))
-        return safe_torch_load(io.BytesIO(data), f"{self.path}: item {key}", megatron_lm=True)
+        return safe_torch_load(io.BytesIO(item_bytes(self.path, info)), f"{self.path}: item {key}", megatron_lm=True)
 
 
 class DcpWriter:

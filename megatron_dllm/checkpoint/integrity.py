@@ -36,6 +36,13 @@ def check_data_files(directory: str, metadata) -> None:
                                   "checkpoint is incomplete (resume from an earlier iteration or copy it again)")
 
 
+def item_bytes(directory: str, info) -> bytes:
+    """The bytes of one DCP item (its ``_StorageInfo``: file, offset, length) of ``directory``."""
+    with open(os.path.join(directory, info.relative_path), "rb") as handle:
+        handle.seek(int(info.offset))
+        return handle.read(int(info.length))
+
+
 def check_object_items(directory: str, metadata, megatron_lm: bool = False) -> None:
     """Every ShardedObject item (a pickled value inside a ``.distcp`` file) loads without running code.
 
@@ -49,11 +56,7 @@ def check_object_items(directory: str, metadata, megatron_lm: bool = False) -> N
         info = metadata.storage_data.get(MetadataIndex(key))
         if info is None:
             raise CheckpointError(f"{directory}: no data recorded for {key}: the checkpoint is incomplete")
-        path = os.path.join(directory, info.relative_path)
-        with open(path, "rb") as handle:
-            handle.seek(int(info.offset))
-            data = handle.read(int(info.length))
-        safe_torch_load(io.BytesIO(data), f"{directory}: item {key} of {info.relative_path}", megatron_lm=megatron_lm)
+        safe_torch_load(io.BytesIO(item_bytes(directory, info)), f"{directory}: item {key} of {info.relative_path}", megatron_lm=megatron_lm)
 
 
 def check_torch_dist(directory: str, megatron_lm: bool = False):

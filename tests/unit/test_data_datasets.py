@@ -9,7 +9,6 @@ import numpy
 import pytest
 import sentencepiece
 import torch
-import torch.distributed as dist
 
 from megatron_dllm.data.batch import document_ids_from_eod
 from megatron_dllm.data.config import DataConfig
@@ -24,22 +23,6 @@ from tests.distributed.harness import run_ranks
 
 L = 16
 EOD = 1
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    """A one-rank gloo group in this process (the builder needs one); environment restored after."""
-    saved = dict(os.environ)
-    own = not dist.is_initialized()
-    if own:
-        from megatron_dllm.platform.distributed import init_process_group
-
-        init_process_group("cpu")
-    yield
-    if own:
-        dist.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")

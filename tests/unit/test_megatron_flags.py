@@ -7,7 +7,6 @@ import time
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from megatron_dllm.arguments import _coerce, _field_table, parse_args
 from megatron_dllm.config_io import read_yaml
@@ -18,22 +17,6 @@ from megatron_dllm.model.presets import get_preset
 from megatron_dllm.train.preflight import check_run, check_tokenizer
 
 TINY = ["--preset", "tiny-moe", "--mock-data", "--device", "cpu", "--global-batch-size", "8"]
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    """A one-rank gloo group in this process; environment restored after."""
-    saved = dict(os.environ)
-    own = not dist.is_initialized()
-    if own:
-        from megatron_dllm.platform.distributed import init_process_group
-
-        init_process_group("cpu")
-    yield
-    if own:
-        dist.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 def test_accepted_flags_are_listed_once_with_their_reason():

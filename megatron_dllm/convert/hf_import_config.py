@@ -214,14 +214,6 @@ def _moe_fields(config: dict, experts: int, layers: int, warnings: List[str]) ->
     first_dense = _int(config, "first_k_dense_replace", 0, minimum=0) or 0
     if first_dense >= layers:
         raise ConversionError(f"config.json first_k_dense_replace {first_dense} leaves no MoE layer of {layers}")
-    if groups > 1 and topk // group_topk != 2:
-        # Megatron-Core's group_limited_topk sums a group's top (k // topk_group) scores, the released code
-        # (modeling_llada2_moe.py / modeling_bailing_moe_v2.py, SGLang) its top 2: other tokens would be routed.
-        raise ConversionError(
-            f"config.json num_experts_per_tok {topk} with topk_group {group_topk}: Megatron-Core scores an expert "
-            f"group by its top {topk // group_topk} experts, the released LLaDA2 / BailingMoeV2 code by its top 2, so "
-            "the imported model would route tokens differently (importable: num_experts_per_tok // topk_group == 2, "
-            "as LLaDA2.0 / Ling-2.0's 8 // 4)")
     return dict(
         num_experts=experts, moe_ffn_hidden_size=moe_ffn, moe_first_k_dense=first_dense, moe_router_topk=topk,
         moe_router_score_function="sigmoid",

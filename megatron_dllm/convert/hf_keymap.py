@@ -205,10 +205,6 @@ def hf_config(cfg: ModelConfig, rows: int, dtype: torch.dtype, mask_token_id: Op
             config["moe_shared_expert_intermediate_size"] = shared
             warnings.append(f"shared expert size {shared} is not a multiple of the expert size {mffn}: written "
                             "as moe_shared_expert_intermediate_size, which the released modeling code ignores")
-        if groups > 1 and cfg.moe_router_topk // group_topk != 2:
-            warnings.append(
-                f"group-limited routing scores groups by their top {cfg.moe_router_topk // group_topk} experts in "
-                "Megatron (and in our modeling file); the released LLaDA2 code and SGLang use the top 2")
         if not cfg.moe_router_enable_expert_bias:
             warnings.append("no expert bias in the model: exported as zeros (the LLaDA2 layout always has one)")
     else:

@@ -10,9 +10,8 @@ inside the kept groups. They differ in how a group is scored:
 They agree when ``k // group_topk == 2`` (LLaDA2.0-mini / -flash, Ling-mini / -flash-2.0: 8 // 4) and
 differ otherwise (the ``tiny-moe`` preset: 2 // 2 = 1). :class:`ReleasedGroupTopKRouter` is a
 Megatron-Core ``TopKRouter`` that scores groups by the top 2, so a model built with it routes as the
-released code for every ``k``. It is selected through the MoE layer spec (``MoESubmodules.router``),
-e.g. by adding ``TopKRouter: ReleasedGroupTopKRouter`` to the class replacements of
-``model/specs.py``; the stock router class is not touched.
+released code for every ``k``. ``model/specs.py`` selects it for every MoE model the project builds,
+through the MoE layer spec (``MoESubmodules.router``); the stock router class is not touched.
 
 The override goes through the one seam ``TopKRouter.routing`` offers for the top-k step
 (``topk_routing_with_score_function(..., router_replay=...)``): the router's ``router_replay``

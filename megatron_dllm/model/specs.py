@@ -4,7 +4,10 @@ The stock specs are copied, never edited in place (STYLE.md 1). What differs:
   * ``core_attention`` -> :class:`DiffusionCoreAttention` (explicit mask, backend per device);
   * ``attn_mask_type`` -> ``arbitrary`` (dLLM) or ``causal`` (the AR baseline of the same model);
   * Megatron's torch-norm fallback (used without TE / apex) -> :class:`SequenceParallelTorchNorm`,
-    which supports sequence parallelism (needed by MoE with TP > 1).
+    which supports sequence parallelism (needed by MoE with TP > 1);
+  * the MoE router ``TopKRouter`` -> :class:`ReleasedGroupTopKRouter`, which scores an expert group by
+    its top-2 experts as the released LLaDA2 / BailingMoeV2 code does (Megatron: top k // group_topk;
+    the two agree for LLaDA2.0's 8 // 4 and differ for ``tiny-moe``'s 2 // 2).
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ from typing import Optional
 
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
 from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.moe.router import TopKRouter
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
 from megatron_dllm.model.core_attention import DiffusionCoreAttention
+from megatron_dllm.model.group_router import ReleasedGroupTopKRouter
 from megatron_dllm.model.norm import SequenceParallelTorchNorm
 
-_NORM_REPLACEMENTS = {WrappedTorchNorm: SequenceParallelTorchNorm}
+_CLASS_REPLACEMENTS = {WrappedTorchNorm: SequenceParallelTorchNorm, TopKRouter: ReleasedGroupTopKRouter}
 
 
 def _replace_classes(node, mapping):
@@ -42,7 +47,7 @@ def _replace_classes(node, mapping):
 
 
 def _derive_layer(stock: ModuleSpec, *, causal: bool, attention_backend: str) -> ModuleSpec:
-    spec = _replace_classes(copy.deepcopy(stock), _NORM_REPLACEMENTS)
+    spec = _replace_classes(copy.deepcopy(stock), _CLASS_REPLACEMENTS)
     attention = spec.submodules.self_attention
     attention.params = dict(attention.params or {})
     attention.params["attn_mask_type"] = AttnMaskType.causal if causal else AttnMaskType.arbitrary
@@ -82,5 +87,5 @@ def dllm_block_spec(
         _derive_layer(layer, causal=causal, attention_backend=attention_backend)
         for layer in stock.layer_specs
     ]
-    block.layer_norm = _NORM_REPLACEMENTS.get(stock.layer_norm, stock.layer_norm)
+    block.layer_norm = _CLASS_REPLACEMENTS.get(stock.layer_norm, stock.layer_norm)
     return block

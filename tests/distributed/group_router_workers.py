@@ -1,18 +1,19 @@
 """Worker of test_group_router: the tiny-moe preset's logits against the released LLaDA2 routing rule.
 
-The ``tiny-moe`` preset routes top-2 of 8 experts in 4 groups, 2 groups kept: Megatron-Core scores a
-group by its top 2 // 2 = 1 expert, the released LLaDA2 / BailingMoeV2 code by its top 2. One rank:
+The ``tiny-moe`` preset routes top-2 of 8 experts in 4 groups, 2 groups kept: Megatron-Core's stock
+``TopKRouter`` scores a group by its top 2 // 2 = 1 expert, the released LLaDA2 / BailingMoeV2 code by
+its top 2. One rank:
 
-1. build tiny-moe with the stock spec (random weights, expert biases ~0.05), save it as a megatron_dllm
+1. build tiny-moe as the project builds it (``model/specs.py`` replaces ``TopKRouter`` by
+   ``ReleasedGroupTopKRouter``; random weights, expert biases ~0.05), save it as a megatron_dllm
    checkpoint and export it with ``export_hf``;
 2. the reference: our transformers class loaded from the export, each gate's ``forward`` replaced by
    the released code's (``_released_gate_forward``, group score = top-2 sum, written out here);
-3. the same weights in a model whose spec carries ``ReleasedGroupTopKRouter`` (the class replacement
-   ``TopKRouter -> ReleasedGroupTopKRouter`` that ``model/specs.py`` applies to the stock spec, set here
-   for this process only).
+3. the same weights in a model built with the stock router (the replacement removed for this process
+   only), to show the rules differ on this preset.
 
-Returned: max |logits difference| of (stock Megatron, released router) vs the released reference, and
-stock Megatron vs our unpatched transformers class (Megatron's rule, the export check).
+Returned: max |logits difference| vs the released reference of the project's model, of the stock
+router's model and of our unpatched transformers class (the export check).
 """
 
 from __future__ import annotations
@@ -45,20 +46,19 @@ def _released_gate_forward(self, hidden):
     return index, weights * self.scaling
 
 
-def _build(cfg, released: bool):
+def _build(cfg, stock_router: bool):
     from megatron.core.transformer.moe.router import TopKRouter
 
     from megatron_dllm.config import ParallelConfig
     from megatron_dllm.model import specs
     from megatron_dllm.model.builder import build_model
-    from megatron_dllm.model.group_router import ReleasedGroupTopKRouter
 
-    if released:
-        specs._NORM_REPLACEMENTS[TopKRouter] = ReleasedGroupTopKRouter
+    replacement = specs._CLASS_REPLACEMENTS.pop(TopKRouter) if stock_router else None
     try:
         return build_model(cfg, ParallelConfig(), causal=False, attention_backend="sdpa").eval()
     finally:
-        specs._NORM_REPLACEMENTS.pop(TopKRouter, None)
+        if replacement is not None:
+            specs._CLASS_REPLACEMENTS[TopKRouter] = replacement
 
 
 def _save(model, cfg, root: str) -> str:
@@ -87,15 +87,15 @@ def routing_worker(rank, world_size, root):
 
     cfg = get_preset("tiny-moe")
     init_model_parallel(ParallelConfig(), seed=3)
-    stock = _build(cfg, released=False)
+    ours = _build(cfg, stock_router=False)
     gen = torch.Generator().manual_seed(3)
-    for name, p in list(stock.named_parameters()) + list(stock.named_buffers()):
+    for name, p in list(ours.named_parameters()) + list(ours.named_buffers()):
         if name.endswith("expert_bias"):
             p.copy_(0.05 * torch.randn(p.shape, generator=gen))
         elif p.is_floating_point():
             p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen) if "norm" in name or name.endswith(
                 "layer_norm_weight") else 0.3 * torch.randn(p.shape, generator=gen))
-    ckpt = _save(stock, cfg, root)
+    ckpt = _save(ours, cfg, root)
     hf_dir = os.path.join(root, "hf")
     export_hf(ckpt, hf_dir, progress=False)
     try:
@@ -103,25 +103,25 @@ def routing_worker(rank, world_size, root):
     except TypeError:  # transformers 4.x
         hf = LLaDA2MoeModelLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
 
-    released = _build(cfg, released=True)
-    missing = released.load_state_dict(stock.state_dict(), strict=False)
-    routers = [m for m in released.modules() if isinstance(m, ReleasedGroupTopKRouter)]
+    stock = _build(cfg, stock_router=True)
+    missing = stock.load_state_dict(ours.state_dict(), strict=False)
+    routers = [m for m in ours.modules() if isinstance(m, ReleasedGroupTopKRouter)]
 
     tokens = torch.randint(0, cfg.vocab_size, (BATCH, SEQ), generator=gen)
     positions = torch.arange(SEQ)[None].expand(BATCH, SEQ)
     mask = torch.ones(SEQ, SEQ, dtype=torch.bool)
     vocab = cfg.vocab_size
-    ours_stock = stock(tokens, positions, mask).float()[..., :vocab]
-    ours_released = released(tokens, positions, mask).float()[..., :vocab]
-    hf_megatron_rule = hf(input_ids=tokens).logits.float()[..., :vocab]
+    ours_logits = ours(tokens, positions, mask).float()[..., :vocab]
+    stock_logits = stock(tokens, positions, mask).float()[..., :vocab]
+    hf_class = hf(input_ids=tokens).logits.float()[..., :vocab]
     gates = [m for m in hf.modules() if isinstance(m, LLaDA2MoeGate)]
     for gate in gates:
         gate.forward = types.MethodType(_released_gate_forward, gate)
     reference = hf(input_ids=tokens).logits.float()[..., :vocab]
     return {
-        "stock_vs_released_reference": (ours_stock - reference).abs().max().item(),
-        "released_router_vs_released_reference": (ours_released - reference).abs().max().item(),
-        "stock_vs_megatron_rule_class": (ours_stock - hf_megatron_rule).abs().max().item(),
+        "stock_vs_released_reference": (stock_logits - reference).abs().max().item(),
+        "ours_vs_released_reference": (ours_logits - reference).abs().max().item(),
+        "export_class_vs_released_reference": (hf_class - reference).abs().max().item(),
         "scale": reference.abs().max().item(),
         "routers": len(routers), "gates": len(gates),
         "missing_keys": list(missing.missing_keys), "unexpected_keys": list(missing.unexpected_keys),

@@ -21,8 +21,8 @@ The computation follows Megatron-Core's GPT / MoE layers as megatron_dllm builds
 match the Megatron model to float precision: pre-norm blocks, RMSNorm in fp32, RoPE on the first
 ``partial_rotary_factor * d`` dims with rotate-half, GQA, SDPA with scale 1/sqrt(d), SwiGLU; router
 logits in fp32, sigmoid scores, selection on ``score + expert_bias`` with group-limited top-k
-(group score = sum of the top ``num_experts_per_tok // topk_group`` scores, as Megatron; the
-released code uses the top 2, the same for LLaDA2.0's 8 // 4), combine weights = unbiased scores
+(group score = sum of the group's top-2 scores, as the released code and megatron_dllm's
+``ReleasedGroupTopKRouter``, whatever ``num_experts_per_tok`` is), combine weights = unbiased scores
 normalised to sum 1 (top-k > 1) times ``routed_scaling_factor``; shared experts added unweighted.
 
 Attention is bidirectional unless a mask is given: ``attention_mask`` may be ``[b, s]`` (1 = real
@@ -111,7 +111,7 @@ class LLaDA2MoeGate(nn.Module):
         tokens = select.shape[0]
         if self.n_group > 1 or self.topk_group > 1:
             per_group = select.view(tokens, self.n_group, -1)
-            group_scores = per_group.topk(self.top_k // self.topk_group, dim=-1)[0].sum(dim=-1)
+            group_scores = per_group.topk(min(2, per_group.shape[-1]), dim=-1)[0].sum(dim=-1)
             groups = group_scores.topk(self.topk_group, dim=-1, sorted=False)[1]
             keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, groups, True)
             keep = keep[:, :, None].expand_as(per_group).reshape(tokens, -1)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Tokenise a JSON-lines corpus into a Megatron indexed dataset (.bin/.idx) for --data-path.
+"""Tokenise a JSON-lines corpus into Megatron indexed datasets (.bin/.idx): pretraining text,
+SFT conversations or DPO preference pairs.
 
     python tools/preprocess_data.py --input corpus.jsonl --tokenizer-model tokenizer.model \\
         --output-prefix data/corpus --workers 8
@@ -11,6 +12,13 @@ lines and documents without tokens are skipped. Progress lines (docs/s, MB/s) an
 stderr. On any error (missing input, a line that is not JSON or lacks the key: reported as
 file:line) the tool exits 2 with a one-line message and leaves no output files (nor folders it
 created) behind.
+
+--format sft: each line {"messages": [{"role": ..., "content": ...}, ...]} or {"prompt": ...,
+"response": ...}; writes PREFIX_sft_tokens.bin/.idx and PREFIX_sft_lossmask.bin/.idx (1 on the
+assistant replies and the EOD ending each, 0 on prompts). --format dpo: each line {"prompt": ...,
+"chosen": ..., "rejected": ...}; writes PREFIX_dpo_tokens / PREFIX_dpo_lossmask, document i = pair
+i with sequences 2i (chosen) and 2i+1 (rejected). Conversations are rendered with the tokenizer's
+chat template where it has one, else the plain template "user: ...\nassistant: " (README).
 """
 
 from __future__ import annotations
@@ -41,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tokenising processes (default: 1); output is identical for any N")
     parser.add_argument("--append-eod", action=argparse.BooleanOptionalAction, default=True,
                         help="append the end-of-document token to every document (default: on)")
+    parser.add_argument("--format", choices=("pretrain", "sft", "dpo"), default="pretrain",
+                        help="pretrain: text documents (default); sft: conversations with a loss "
+                             "mask; dpo: prompt / chosen / rejected pairs with a loss mask")
+    parser.add_argument("--chat-template", default="auto", metavar="auto|plain|FILE",
+                        help="sft / dpo: auto (the HF tokenizer's chat template, else plain; "
+                             "default), plain, or a Jinja template file")
     parser.add_argument("--log-interval", type=int, default=1000, metavar="N",
                         help="print progress every N documents (default: 1000; 0: never)")
     return parser
@@ -54,7 +68,8 @@ def main(argv=None) -> int:
     try:
         preprocess_jsonl(
             args.input, args.tokenizer_model, args.output_prefix, json_key=args.json_key,
-            workers=args.workers, append_eod=args.append_eod, log_interval=args.log_interval)
+            workers=args.workers, append_eod=args.append_eod, log_interval=args.log_interval,
+            format=args.format, chat_template=args.chat_template)
     except (DataError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

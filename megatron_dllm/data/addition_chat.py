@@ -1,0 +1,75 @@
+"""The addition task (``addition.py``) as chat data: SFT conversations and DPO preference pairs.
+
+    task = AdditionTask(max_digits=2, num_test=200, seed=0)
+    sft_records(task, 1000, seed=1)
+    # [{"messages": [{"role": "user", "content": "What is 47+08?"},
+    #                {"role": "assistant", "content": "055"}]}, ...]
+    dpo_records(task, 1000, seed=2)
+    # [{"prompt": "What is 47+08?", "chosen": "055", "rejected": "056"}, ...]
+    write_jsonl_records("sft.jsonl", sft_records(task, 1000, seed=1))
+
+The answer is written as in the pretraining documents (``task.answer``: zero-padded, one digit
+wider than the operands). A rejected answer is a near miss: the right answer with one digit moved
+up or down by one (mod 10), at a position drawn uniformly. ``split="train"`` draws problems with
+replacement from the task's training pairs; ``split="test"`` gives every held-out pair once, in the
+order of ``task.test_problems()`` (``count`` is then ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Iterable, List, Tuple
+
+from megatron_dllm.data.addition import AdditionTask
+
+
+def chat_question(task: AdditionTask, a: int, b: int) -> str:
+    """``"What is 47+08?"``: the operands written as in ``task.prompt``."""
+    d = task.max_digits
+    return f"What is {a:0{d}d}+{b:0{d}d}?"
+
+
+def near_miss(answer: str, rng: random.Random) -> str:
+    """``answer`` with the digit at one position (drawn with ``rng``) moved by +-1 modulo 10."""
+    position = rng.randrange(len(answer))
+    digit = (int(answer[position]) + rng.choice((-1, 1))) % 10
+    return answer[:position] + str(digit) + answer[position + 1:]
+
+
+def _problems(task: AdditionTask, count: int, rng: random.Random, split: str) -> List[Tuple[int, int]]:
+    if split == "test":
+        return task.test_problems()
+    if split != "train":
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    pairs = task.train_pairs
+    return [rng.choice(pairs) for _ in range(count)]
+
+
+def sft_records(task: AdditionTask, count: int, seed: int = 1, split: str = "train") -> List[dict]:
+    """``count`` SFT records ``{"messages": [user question, assistant answer]}``."""
+    rng = random.Random(seed)
+    return [{"messages": [{"role": "user", "content": chat_question(task, a, b)},
+                          {"role": "assistant", "content": task.answer(a, b)}]}
+            for a, b in _problems(task, count, rng, split)]
+
+
+def dpo_records(task: AdditionTask, count: int, seed: int = 2, split: str = "train") -> List[dict]:
+    """``count`` DPO records ``{"prompt", "chosen": right answer, "rejected": a near miss}``."""
+    rng = random.Random(seed)
+    out = []
+    for a, b in _problems(task, count, rng, split):
+        answer = task.answer(a, b)
+        out.append({"prompt": chat_question(task, a, b), "chosen": answer,
+                    "rejected": near_miss(answer, rng)})
+    return out
+
+
+def write_jsonl_records(path: str, records: Iterable[dict]) -> int:
+    """Write one JSON object per line; returns the number of lines."""
+    n = 0
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+            n += 1
+    return n

@@ -9,6 +9,7 @@ Modules (import them directly; this file imports nothing):
 * ``losses``: diffusion_loss (sum, count), per_token_cross_entropy, label_shift, ar_loss, CAP term.
 * ``masks``: BD / bidirectional / block-causal predicates; dense and FlexAttention materialisers.
 * ``curriculum``: BlockSchedule, the warmup-stable-decay block-size schedule over consumed tokens.
+* ``context_split``: which input rows each context-parallel rank holds (balanced split), row work.
 * ``sft``: complementary_instances, both complementary SFT instances stacked in one [2B, L] batch.
 * ``likelihood``: elbo, the Monte-Carlo ELBO of log p(response | prompt) from per-token log-probs.
 * ``vrpo``: ElboSampling, preference_noise, noised_draws: VRPO / naive noise of the DPO ELBOs.

@@ -17,6 +17,7 @@ setup(
         "tensorboard",
         "safetensors",
         "pyyaml",
+        "jinja2",  # chat templates of SFT / DPO data (tools/preprocess_data.py); torch needs it too
     ],
     extras_require={
         # apex comes with the NGC PyTorch image; it is not on PyPI.

@@ -157,7 +157,7 @@ def _encode_line(item: Tuple[int, bytes]) -> Tuple[int, str, object, int]:
     if not line.strip():
         return lineno, "skip", None, nbytes
     try:
-        record = json.loads(line)
+        record = json.loads(line.rstrip("\r\n"))  # so that a column past the end is on this line
     except ValueError as exc:
         reason = getattr(exc, "msg", str(exc))
         column = getattr(exc, "colno", None)

@@ -1,5 +1,6 @@
 """tools/preprocess_data.py: JSON lines -> .bin/.idx read back with Megatron's IndexedDataset,
-identical bytes for any worker count, one-line errors with file:line, no half-written output."""
+identical bytes for any worker count, one-line errors with file:line, no half-written output;
+--format sft / dpo: tokens and loss masks equal to a piece-by-piece reference."""
 
 import io
 import json
@@ -149,5 +150,147 @@ def test_help():
     proc = _run("--help")
     assert proc.returncode == 0
     for flag in ("--input", "--json-key", "--tokenizer-model", "--output-prefix", "--workers",
-                 "--append-eod", "--no-append-eod", "--log-interval"):
+                 "--append-eod", "--no-append-eod", "--log-interval", "--format", "--chat-template"):
         assert flag in proc.stdout
+
+
+# --- --format sft / dpo ----------------------------------------------------------------------------
+
+SFT_LINES = [
+    {"messages": [{"role": "user", "content": "bad cab"}, {"role": "assistant", "content": "fig"}]},
+    {"prompt": "dig egg", "response": "sun snow"},
+    {"messages": [{"role": "system", "content": "jam"}, {"role": "user", "content": "kid"},
+                  {"role": "assistant", "content": "lime"}, {"role": "user", "content": "made"},
+                  {"role": "assistant", "content": "rust"}]},
+]
+
+
+def _pieces(sp, pieces):
+    """Brute force: each (text or None for EOD, supervised) piece tokenised on its own."""
+    ids, mask = [], []
+    for text, on in pieces:
+        new = [sp.eos_id()] if text is None else sp.encode(text)
+        ids += new
+        mask += [on] * len(new)
+    return ids, mask
+
+
+def _read_pair(prefix):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    tokens, mask = IndexedDataset(prefix + "_tokens"), IndexedDataset(prefix + "_lossmask")
+    assert mask.index.dtype == numpy.uint8
+    assert tokens.document_indices.tolist() == mask.document_indices.tolist()
+    return ([tokens[i].astype(numpy.int64).tolist() for i in range(len(tokens))],
+            [mask[i].astype(numpy.int64).tolist() for i in range(len(mask))],
+            tokens.document_indices.tolist())
+
+
+def test_sft_cli_writes_tokens_and_loss_mask(corpus, tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in SFT_LINES * 20) + "\n")
+    out = str(tmp_path / "w2" / "chat")
+    proc = _run("--input", str(path), "--tokenizer-model", corpus["model"], "--output-prefix", out,
+                "--format", "sft", "--workers", "2", "--log-interval", "25")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path / "w2")) == [
+        "chat_sft_lossmask.bin", "chat_sft_lossmask.idx", "chat_sft_tokens.bin", "chat_sft_tokens.idx"]
+    assert proc.stderr.count("processed ") == 2 and "done: 60 conversations" in proc.stderr
+    sp = sentencepiece.SentencePieceProcessor(model_file=corpus["model"])
+    want = [
+        _pieces(sp, [("user: bad cab\nassistant: ", 0), ("fig", 1), (None, 1)]),
+        _pieces(sp, [("user: dig egg\nassistant: ", 0), ("sun snow", 1), (None, 1)]),
+        _pieces(sp, [("system: jam\nuser: kid\nassistant: ", 0), ("lime", 1), (None, 1),
+                     ("user: made\nassistant: ", 0), ("rust", 1), (None, 1)]),
+    ] * 20
+    tokens, mask, documents = _read_pair(out + "_sft")
+    assert documents == list(range(61))                      # one conversation per document
+    assert list(zip(tokens, mask)) == [tuple(w) for w in want]
+    assert f"{sum(map(sum, mask))} with loss" in proc.stderr
+
+    from megatron_dllm.data.preprocess import preprocess_jsonl
+
+    stats = preprocess_jsonl(str(path), corpus["model"], str(tmp_path / "w1" / "chat"),
+                             format="sft", log=io.StringIO())
+    assert (stats.output_prefix, stats.documents, stats.skipped) == (
+        str(tmp_path / "w1" / "chat_sft"), 60, 1)
+    for name in ("chat_sft_tokens.bin", "chat_sft_tokens.idx", "chat_sft_lossmask.bin",
+                 "chat_sft_lossmask.idx"):
+        assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()
+
+
+def test_dpo_pairs_are_two_sequences_of_one_document(corpus, tmp_path):
+    from megatron_dllm.data.preprocess import preprocess_jsonl
+
+    records = [{"prompt": "bad cab", "chosen": "fig", "rejected": "jam jam"},
+               {"prompt": [{"role": "user", "content": "kid"}, {"role": "assistant", "content": "egg"},
+                           {"role": "user", "content": "dig"}], "chosen": "sun", "rejected": "snow"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records * 3))
+    stats = preprocess_jsonl(str(path), corpus["model"], str(tmp_path / "p"), format="dpo",
+                             log=io.StringIO())
+    assert stats.output_prefix == str(tmp_path / "p_dpo") and stats.documents == 6
+    sp = sentencepiece.SentencePieceProcessor(model_file=corpus["model"])
+    history = [("user: kid\nassistant: ", 0), ("egg", 0), (None, 0), ("user: dig\nassistant: ", 0)]
+    want = [
+        _pieces(sp, [("user: bad cab\nassistant: ", 0), ("fig", 1), (None, 1)]),
+        _pieces(sp, [("user: bad cab\nassistant: ", 0), ("jam jam", 1), (None, 1)]),
+        _pieces(sp, history + [("sun", 1), (None, 1)]),
+        _pieces(sp, history + [("snow", 1), (None, 1)]),
+    ] * 3
+    tokens, mask, documents = _read_pair(stats.output_prefix)
+    assert documents == [0, 2, 4, 6, 8, 10, 12]             # pair i = sequences 2i (chosen), 2i+1
+    assert list(zip(tokens, mask)) == [tuple(w) for w in want]
+
+
+@pytest.mark.parametrize("fmt,line,reason", [
+    ("sft", '{"messages": [{"role": "user", "content": "a"}]}',
+     "'messages' has no assistant turn: add the assistant's reply (it carries the loss)"),
+    ("sft", '{"messages": [{"role": "human", "content": "a"}]}',
+     "messages[0] has role 'human': use one of system, user, assistant"),
+    ("sft", '{"prompt": "a"}',
+     "no 'messages' and no 'prompt' / 'response' (keys: 'prompt'): write {\"messages\": "
+     "[{\"role\": ..., \"content\": ...}, ...]} or {\"prompt\": ..., \"response\": ...}"),
+    ("sft", '{"prompt": "a", "response": ', "not valid JSON (Expecting value at column 29)"),
+    ("dpo", '{"prompt": "a", "chosen": "b"}',
+     "no key 'rejected' (keys: 'prompt', 'chosen'): write {\"prompt\": ..., \"chosen\": ..., "
+     "\"rejected\": ...}"),
+    ("dpo", '{"prompt": "a", "chosen": "b", "rejected": 3}', "'rejected' is a int: write it as a string"),
+])
+def test_bad_chat_line_reports_file_and_line_and_writes_nothing(corpus, tmp_path, capsys, fmt, line,
+                                                                 reason):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        import preprocess_data
+    finally:
+        sys.path.pop(0)
+    good = (json.dumps({"prompt": "a", "response": "b"}) if fmt == "sft" else
+            json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([good] * 30 + [line, good]) + "\n")
+    capsys.readouterr()
+    assert preprocess_data.main(["--input", str(bad), "--tokenizer-model", corpus["model"],
+                                 "--output-prefix", str(tmp_path / "out" / "x"),
+                                 "--format", fmt]) == 2
+    assert capsys.readouterr().err == f"error: {bad}:31: {reason}\n"
+    assert os.listdir(tmp_path) == ["bad.jsonl"]
+
+
+def test_chat_template_file_is_checked(corpus, tmp_path, capsys):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        import preprocess_data
+    finally:
+        sys.path.pop(0)
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n")
+    broken = tmp_path / "t.jinja"
+    broken.write_text("{% for m in messages %}")
+    capsys.readouterr()
+    assert preprocess_data.main(["--input", str(path), "--tokenizer-model", corpus["model"],
+                                 "--output-prefix", str(tmp_path / "o"), "--format", "sft",
+                                 "--chat-template", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: chat template {broken} does not compile (")
+    assert err.endswith("): fix it or pass --chat-template plain\n") and err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["c.jsonl", "t.jinja"]

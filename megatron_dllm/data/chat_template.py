@@ -35,6 +35,7 @@ import os
 from typing import List, Optional, Sequence, Tuple
 
 from megatron_dllm.data.errors import DataError
+from megatron_dllm.data.tokenizer import read_tokenizer_config, special_token_name
 
 ROLES = ("system", "user", "assistant")
 PLAIN = "plain"
@@ -80,30 +81,14 @@ class JinjaChatTemplate:
         return f"JinjaChatTemplate({self.origin})"
 
 
-def _special_token_strings(config: dict) -> dict:
-    out = {}
-    for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
-        value = config.get(key)
-        if isinstance(value, dict):
-            value = value.get("content")
-        if isinstance(value, str):
-            out[key] = value
-    return out
-
-
 def _template_of_tokenizer(tokenizer_path: str) -> Tuple[Optional[str], str, dict]:
     """(template source or None, where it came from, special-token strings) of a HF tokenizer."""
     folder = tokenizer_path if os.path.isdir(tokenizer_path) else os.path.dirname(
         os.path.abspath(tokenizer_path))
-    config_path = os.path.join(folder, "tokenizer_config.json")
-    config = {}
-    if os.path.isfile(config_path):
-        try:
-            with open(config_path, encoding="utf-8") as handle:
-                config = json.load(handle)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{config_path} is not valid JSON ({exc}): fix or remove it") from exc
-    specials = _special_token_strings(config)
+    config = read_tokenizer_config(tokenizer_path)
+    specials = {key: special_token_name(config.get(key))
+                for key in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    specials = {key: value for key, value in specials.items() if value is not None}
     jinja_path = os.path.join(folder, "chat_template.jinja")
     if os.path.isfile(jinja_path):
         with open(jinja_path, encoding="utf-8") as handle:
@@ -113,7 +98,7 @@ def _template_of_tokenizer(tokenizer_path: str) -> Tuple[Optional[str], str, dic
         named = {t.get("name"): t.get("template") for t in source if isinstance(t, dict)}
         source = named.get("default")
     if isinstance(source, str) and source.strip():
-        return source, f"{config_path} (chat_template)", specials
+        return source, f"{os.path.join(folder, 'tokenizer_config.json')} (chat_template)", specials
     return None, "", specials
 
 

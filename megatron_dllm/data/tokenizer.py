@@ -133,13 +133,27 @@ class SentencePieceTokenizer(Tokenizer):
         self.__init__(state["path"], state["mask_token_id"])
 
 
-def _special_token_name(value) -> Optional[str]:
+def special_token_name(value) -> Optional[str]:
     """tokenizer_config.json writes special tokens as a string or as {"content": str, ...}."""
     if isinstance(value, str):
         return value
     if isinstance(value, dict) and isinstance(value.get("content"), str):
         return value["content"]
     return None
+
+
+def read_tokenizer_config(path: str) -> dict:
+    """The ``tokenizer_config.json`` beside a HF ``tokenizer.json`` (``path``: the file or its
+    directory) as a dict; ``{}`` when there is none; DataError when it is not valid JSON."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    config_path = os.path.join(folder, "tokenizer_config.json")
+    if not os.path.isfile(config_path):
+        return {}
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{config_path} is not valid JSON ({exc}): fix or remove it") from exc
 
 
 class HFTokenizer(Tokenizer):
@@ -166,14 +180,7 @@ class HFTokenizer(Tokenizer):
                 f"tokenizer {path} is not a readable HF tokenizer.json ({exc}): pass "
                 f"--tokenizer-model PATH to a HF tokenizer.json or a sentencepiece .model") from exc
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
-        config = {}
-        config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "tokenizer_config.json")
-        if os.path.isfile(config_path):
-            try:
-                with open(config_path, encoding="utf-8") as handle:
-                    config = json.load(handle)
-            except (OSError, ValueError) as exc:
-                raise DataError(f"{config_path} is not valid JSON ({exc}): fix or remove it") from exc
+        config = read_tokenizer_config(path)
         self.eod_id = self._find(config.get("eos_token"), EOD_TOKEN_CANDIDATES)
         if self.eod_id is None:
             raise DataError(
@@ -184,7 +191,7 @@ class HFTokenizer(Tokenizer):
         self._set_mask_token(mask_token_id)
 
     def _find(self, configured, candidates) -> Optional[int]:
-        name = _special_token_name(configured)
+        name = special_token_name(configured)
         for piece in ([name] if name else []) + list(candidates):
             found = self.piece_to_id(piece)
             if found is not None:

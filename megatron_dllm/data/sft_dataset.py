@@ -15,15 +15,17 @@ SFT samples pack whole conversations (``sft_packing.pack_greedy``) in an order s
 ``seed``; with ``num_samples`` the conversations are repeated in epochs, each shuffled with its own
 seed, until there are that many samples. A DPO sample is one pair, each side one conversation in
 its own window (padded like SFT, the rest EOS without loss), pairs in an order shuffled by
-``seed``. A conversation longer than the window is cut to it; how many were cut is in
-``truncated`` and a warning says so once. Everything depends only on the arguments.
+``seed`` (also repeated in epochs with ``num_samples``). ``split_document_ranges`` cuts a
+dataset into train / valid / test ranges as ``--split`` does. A conversation longer than the
+window is cut to it; how many were cut is in ``truncated`` and a warning says so once.
+Everything depends only on the arguments.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy
 import torch
@@ -71,6 +73,25 @@ def _check_lengths(seq_length: int, block_size: int) -> None:
     if block_size < 1 or seq_length < block_size or seq_length % block_size:
         raise DataError(f"--seq-length {seq_length} must be a positive multiple of the SFT block "
                         f"size {block_size}, so that packed conversations start on block boundaries")
+
+
+def _order(items: numpy.ndarray, seed: int, epoch: int, shuffle: bool) -> numpy.ndarray:
+    """``items`` in the order of epoch ``epoch``: a permutation seeded by (seed, epoch)."""
+    if not shuffle:
+        return items
+    return items[numpy.random.default_rng([int(seed), int(epoch)]).permutation(len(items))]
+
+
+def split_document_ranges(prefix: str, split: str = "969,30,1", format: str = "sft"
+                          ) -> List[Optional[Tuple[int, int]]]:
+    """(begin, end) conversation (sft) or pair (dpo) ranges of the train, valid and test splits of
+    ``prefix``, cut as Megatron cuts documents for ``--split`` (None for an empty split); pass
+    one as ``document_range``."""
+    from megatron_dllm.data.datasets import _split_bounds, parse_split
+
+    tokens, _ = _open_pair(prefix, format)
+    bounds = _split_bounds(parse_split(split), len(tokens.document_indices) - 1)
+    return [None if b is None or b[1] <= b[0] else b for b in bounds]
 
 
 def _torch(sample: dict) -> dict:
@@ -136,9 +157,9 @@ class SFTDataset(torch.utils.data.Dataset):
                         block_size)
         self._orders, self._bounds, self._starts = [], [], [0]
         epoch = 0
+        positions = numpy.arange(len(conversations))
         while epoch == 0 or (num_samples is not None and self._starts[-1] < num_samples):
-            perm = (numpy.random.default_rng([int(seed), epoch]).permutation(len(conversations))
-                    if shuffle else numpy.arange(len(conversations)))
+            perm = _order(positions, seed, epoch, shuffle)
             bounds = pack_greedy(lengths[perm], self.seq_length)
             self._orders.append(conversations[perm])
             self._bounds.append(bounds)
@@ -166,15 +187,16 @@ class SFTDataset(torch.utils.data.Dataset):
 class DPOPairDataset(torch.utils.data.Dataset):
     """One preference pair per sample: ``{"chosen": sample, "rejected": sample}`` (see above).
 
-    Args as SFTDataset (``prefix`` is ``P_dpo``); ``document_range`` selects pairs.
+    Args as SFTDataset (``prefix`` is ``P_dpo``); ``document_range`` selects pairs and
+    ``num_samples`` repeats them in epochs, each in its own seeded order.
 
     Attributes:
         truncated: conversations (chosen or rejected) cut to L.
     """
 
     def __init__(self, prefix: str, seq_length: int, eod_id: int, *, block_size: int = 32,
-                 seed: int = 0, document_range: Optional[Tuple[int, int]] = None,
-                 shuffle: bool = True) -> None:
+                 seed: int = 0, num_samples: Optional[int] = None,
+                 document_range: Optional[Tuple[int, int]] = None, shuffle: bool = True) -> None:
         _check_lengths(seq_length, block_size)
         self.seq_length = int(seq_length)
         self.eod_id = int(eod_id)
@@ -184,8 +206,8 @@ class DPOPairDataset(torch.utils.data.Dataset):
         self.truncated = int((lengths > seq_length).sum())
         _warn_truncated(self.truncated, 2 * len(pairs), "chosen / rejected replies", prefix,
                         seq_length, block_size)
-        self.pairs = (pairs[numpy.random.default_rng([int(seed), 0]).permutation(len(pairs))]
-                      if shuffle else pairs)
+        epochs = 1 if num_samples is None else max(1, -(-int(num_samples) // len(pairs)))
+        self.pairs = numpy.concatenate([_order(pairs, seed, e, shuffle) for e in range(epochs)])
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -371,3 +371,20 @@ def test_addition_chat_records():
     assert [r["prompt"] for r in held_out] == [f"What is {a:02d}+{b:02d}?" for a, b in task.test_problems()]
     assert dpo_records(task, 20, seed=2) == dpo_records(task, 20, seed=2) != dpo_records(task, 20, seed=3)
     assert near_miss("9", random.Random(0)) in ("8", "0")
+
+
+def test_split_ranges_and_dpo_epochs(sft_data, tok, tmp_path):
+    from megatron_dllm.data.sft_dataset import DPOPairDataset, split_document_ranges
+
+    prefix, _ = sft_data
+    assert split_document_ranges(prefix, "50,11,0") == [(0, 50), (50, 61), None]
+    write_jsonl_records(str(tmp_path / "p.jsonl"),
+                        dpo_records(AdditionTask(max_digits=1, num_test=5), 7, seed=1))
+    stats = preprocess_jsonl(str(tmp_path / "p.jsonl"), tok.path, str(tmp_path / "p"),
+                             format="dpo", log=io.StringIO())
+    assert split_document_ranges(stats.output_prefix, "6,1,0", format="dpo") == [(0, 6), (6, 7), None]
+    ds = DPOPairDataset(stats.output_prefix, 64, tok.eod_id, block_size=8, seed=2, num_samples=15,
+                        document_range=(0, 6))
+    order = [ds.pair(i) for i in range(len(ds))]
+    assert len(ds) == 18 and [sorted(order[k:k + 6]) for k in (0, 6, 12)] == [list(range(6))] * 3
+    assert order[:6] != order[6:12]

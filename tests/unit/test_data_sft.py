@@ -388,3 +388,22 @@ def test_split_ranges_and_dpo_epochs(sft_data, tok, tmp_path):
     order = [ds.pair(i) for i in range(len(ds))]
     assert len(ds) == 18 and [sorted(order[k:k + 6]) for k in (0, 6, 12)] == [list(range(6))] * 3
     assert order[:6] != order[6:12]
+
+
+def test_addition_sft_data_supervises_exactly_the_answer(tok, tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    task = AdditionTask(max_digits=2, num_test=100, seed=0)
+    records = sft_records(task, 50, seed=4)
+    write_jsonl_records(str(tmp_path / "a.jsonl"), records)
+    stats = preprocess_jsonl(str(tmp_path / "a.jsonl"), tok.path, str(tmp_path / "a"),
+                             format="sft", log=io.StringIO())
+    tokens = IndexedDataset(stats.output_prefix + "_tokens")
+    mask = IndexedDataset(stats.output_prefix + "_lossmask")
+    for i, record in enumerate(records):
+        ids, loss = tokens[i].tolist(), mask[i].astype(bool).tolist()
+        question, answer = (m["content"] for m in record["messages"])
+        prompt = encode_prompt(tok, PLAIN, [_user(question)])
+        assert ids[:len(prompt)] == prompt and not any(loss[:len(prompt)])
+        assert all(loss[len(prompt):]) and ids[-1] == tok.eod_id
+        assert tok.decode(ids[len(prompt):-1]) == answer

@@ -118,15 +118,30 @@ class _ConversationReader:
                               self.block_size)
 
 
-def _warn_truncated(truncated: int, total: int, what: str, prefix: str, seq_length: int,
-                    block_size: int) -> None:
-    if truncated:
-        warnings.warn(f"{truncated} of {total} {what} of {prefix} are longer than --seq-length "
-                      f"{seq_length} after padding to a multiple of {block_size}: cut to "
-                      f"{seq_length} tokens")
+class _ChatDataset(torch.utils.data.Dataset):
+    """What both readers share: the checked files, the window length and the truncation count."""
+
+    def _open(self, prefix: str, format: str, seq_length: int, eod_id: int, block_size: int,
+              document_range: Optional[Tuple[int, int]]) -> Tuple[numpy.ndarray, numpy.ndarray]:
+        """Returns (documents used, padded lengths of their sequences in file order)."""
+        _check_lengths(seq_length, block_size)
+        self.seq_length = int(seq_length)
+        self.eod_id = int(eod_id)
+        self.read = _ConversationReader(prefix, format, block_size, eod_id)
+        documents = _range(document_range, len(self.read.tokens.document_indices) - 1)
+        per_document = 1 if format == "sft" else 2
+        sequences = (per_document * documents[:, None] + numpy.arange(per_document)).reshape(-1)
+        lengths = self.read.padded_lengths(sequences)
+        self.truncated = int((lengths > seq_length).sum())
+        if self.truncated:
+            what = "conversations" if format == "sft" else "chosen / rejected conversations"
+            warnings.warn(f"{self.truncated} of {len(sequences)} {what} of {prefix} are longer "
+                          f"than --seq-length {seq_length} after padding to a multiple of "
+                          f"{block_size}: cut to {seq_length} tokens")
+        return documents, lengths
 
 
-class SFTDataset(torch.utils.data.Dataset):
+class SFTDataset(_ChatDataset):
     """Fixed-length samples of packed SFT conversations (see the module docstring).
 
     Args:
@@ -146,15 +161,8 @@ class SFTDataset(torch.utils.data.Dataset):
     def __init__(self, prefix: str, seq_length: int, eod_id: int, *, block_size: int = 32,
                  seed: int = 0, num_samples: Optional[int] = None,
                  document_range: Optional[Tuple[int, int]] = None, shuffle: bool = True) -> None:
-        _check_lengths(seq_length, block_size)
-        self.seq_length = int(seq_length)
-        self.eod_id = int(eod_id)
-        self.read = _ConversationReader(prefix, "sft", block_size, eod_id)
-        conversations = _range(document_range, len(self.read.tokens))
-        lengths = self.read.padded_lengths(conversations)
-        self.truncated = int((lengths > seq_length).sum())
-        _warn_truncated(self.truncated, len(conversations), "conversations", prefix, seq_length,
-                        block_size)
+        conversations, lengths = self._open(prefix, "sft", seq_length, eod_id, block_size,
+                                            document_range)
         self._orders, self._bounds, self._starts = [], [], [0]
         epoch = 0
         positions = numpy.arange(len(conversations))
@@ -184,7 +192,7 @@ class SFTDataset(torch.utils.data.Dataset):
         return _torch(packed_sample(conversations, self.seq_length, self.eod_id))
 
 
-class DPOPairDataset(torch.utils.data.Dataset):
+class DPOPairDataset(_ChatDataset):
     """One preference pair per sample: ``{"chosen": sample, "rejected": sample}`` (see above).
 
     Args as SFTDataset (``prefix`` is ``P_dpo``); ``document_range`` selects pairs and
@@ -197,15 +205,7 @@ class DPOPairDataset(torch.utils.data.Dataset):
     def __init__(self, prefix: str, seq_length: int, eod_id: int, *, block_size: int = 32,
                  seed: int = 0, num_samples: Optional[int] = None,
                  document_range: Optional[Tuple[int, int]] = None, shuffle: bool = True) -> None:
-        _check_lengths(seq_length, block_size)
-        self.seq_length = int(seq_length)
-        self.eod_id = int(eod_id)
-        self.read = _ConversationReader(prefix, "dpo", block_size, eod_id)
-        pairs = _range(document_range, len(self.read.tokens.document_indices) - 1)
-        lengths = self.read.padded_lengths(numpy.concatenate([2 * pairs, 2 * pairs + 1]))
-        self.truncated = int((lengths > seq_length).sum())
-        _warn_truncated(self.truncated, 2 * len(pairs), "chosen / rejected replies", prefix,
-                        seq_length, block_size)
+        pairs, _ = self._open(prefix, "dpo", seq_length, eod_id, block_size, document_range)
         epochs = 1 if num_samples is None else max(1, -(-int(num_samples) // len(pairs)))
         self.pairs = numpy.concatenate([_order(pairs, seed, e, shuffle) for e in range(epochs)])
 

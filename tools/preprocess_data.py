@@ -39,16 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, metavar="FILE.jsonl",
                         help="JSON-lines input, one document per line")
-    parser.add_argument("--json-key", default="text", metavar="KEY",
-                        help="key of the document text in each JSON object (default: text)")
+    parser.add_argument("--json-key", default=None, metavar="KEY",
+                        help="pretrain: key of the document text in each JSON object (default: text)")
     parser.add_argument("--tokenizer-model", required=True, metavar="PATH",
                         help="sentencepiece .model, HF tokenizer.json, or a directory holding one")
     parser.add_argument("--output-prefix", required=True, metavar="PREFIX",
                         help="output path prefix; writes PREFIX_<json-key>_document.bin/.idx")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="tokenising processes (default: 1); output is identical for any N")
-    parser.add_argument("--append-eod", action=argparse.BooleanOptionalAction, default=True,
-                        help="append the end-of-document token to every document (default: on)")
+    parser.add_argument("--append-eod", action=argparse.BooleanOptionalAction, default=None,
+                        help="pretrain: append the end-of-document token to every document "
+                             "(default: on)")
     parser.add_argument("--format", choices=("pretrain", "sft", "dpo"), default="pretrain",
                         help="pretrain: text documents (default); sft: conversations with a loss "
                              "mask; dpo: prompt / chosen / rejected pairs with a loss mask")
@@ -65,11 +66,18 @@ def main(argv=None) -> int:
     from megatron_dllm.data.errors import DataError
     from megatron_dllm.data.preprocess import preprocess_jsonl
 
+    if args.format != "pretrain":
+        given = [flag for flag, value in (("--json-key", args.json_key),
+                                          ("--[no-]append-eod", args.append_eod)) if value is not None]
+        if given:
+            print(f"error: {given[0]} applies to --format pretrain only (--format {args.format} "
+                  f"reads fixed keys and always ends a reply with EOD): drop it", file=sys.stderr)
+            return 2
     try:
         preprocess_jsonl(
-            args.input, args.tokenizer_model, args.output_prefix, json_key=args.json_key,
-            workers=args.workers, append_eod=args.append_eod, log_interval=args.log_interval,
-            format=args.format, chat_template=args.chat_template)
+            args.input, args.tokenizer_model, args.output_prefix, json_key=args.json_key or "text",
+            workers=args.workers, append_eod=args.append_eod is not False,
+            log_interval=args.log_interval, format=args.format, chat_template=args.chat_template)
     except (DataError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

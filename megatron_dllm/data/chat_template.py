@@ -198,6 +198,8 @@ def encode_conversation(tok, template, messages: Sequence[dict],
     Raises:
         ValueError: the template raised or cannot be cut at turn boundaries (message only).
     """
+    if supervise not in ("all", "last"):
+        raise ValueError(f"supervise must be 'all' or 'last', got {supervise!r}")
     last = len(messages) - 1
     supervised = (lambda index: True) if supervise == "all" else (lambda index: index == last)
     ids, mask = _encode_pieces(tok, _pieces(template, messages), supervised)

@@ -294,3 +294,19 @@ def test_chat_template_file_is_checked(corpus, tmp_path, capsys):
     assert err.startswith(f"error: chat template {broken} does not compile (")
     assert err.endswith("): fix it or pass --chat-template plain\n") and err.count("\n") == 1
     assert sorted(os.listdir(tmp_path)) == ["c.jsonl", "t.jinja"]
+
+
+def test_pretrain_only_flags_are_refused_for_chat_formats(corpus, tmp_path, capsys):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        import preprocess_data
+    finally:
+        sys.path.pop(0)
+    capsys.readouterr()
+    assert preprocess_data.main(["--input", "x.jsonl", "--tokenizer-model", corpus["model"],
+                                 "--output-prefix", str(tmp_path / "o"), "--format", "dpo",
+                                 "--no-append-eod"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --[no-]append-eod applies to --format pretrain only (--format dpo reads fixed keys "
+        "and always ends a reply with EOD): drop it\n")
+    assert os.listdir(tmp_path) == []

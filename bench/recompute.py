@@ -49,9 +49,10 @@ def worker(args) -> dict:
     from megatron_dllm.arguments import parse_args
     from megatron_dllm.platform.device import setup_device
     from megatron_dllm.platform.distributed import init_process_group
-    from megatron_dllm.train.engine import forward_backward
-    from megatron_dllm.train.forward_step import make_forward_step
-    from megatron_dllm.train.loop import layout_at, micro_batches, run_step, step_context
+    from megatron_dllm.data.microbatches import micro_batches
+    from megatron_dllm.objectives import StepContext
+    from megatron_dllm.train.engine import data_parallel, forward_backward
+    from megatron_dllm.train.loop import run_step
     from megatron_dllm.train.preflight import check_run
     from megatron_dllm.train.setup import setup_run
 
@@ -61,15 +62,15 @@ def worker(args) -> dict:
     run = parse_args(_flags(args.seq_length, args.micro_batch_size) + MODES[args.mode])
     check_run(run, 1)
     setup = setup_run(run, "cpu")
-    layout, block, _ = layout_at(run, setup.schedule, 0)
-    run_step(setup, layout, block)  # warm: optimizer state exists from here on
-    batches = micro_batches(setup, setup.datasets[0], 0, run.training.micro_batch_size)
-    L = run.model.seq_length
+    objective, block, _ = setup.objective.phase_at(0)
+    run_step(setup, objective, block)  # warm: optimizer state exists from here on
+    batches = micro_batches(setup.datasets[0], 0, run.training.global_batch_size, objective.micro_batch_size,
+                            *data_parallel())
 
     def fwd_bwd():
-        forward_backward(make_forward_step(step_context(setup, layout, block, 1)), batches, setup.model,
-                         setup.optimizer, num_microbatches=len(batches), seq_length=2 * L,
-                         micro_batch_size=run.training.micro_batch_size)
+        forward_backward(objective.forward_step(StepContext(iteration=1, block_size=block)), batches, setup.model,
+                         setup.optimizer, num_microbatches=len(batches), seq_length=objective.model_seq_length,
+                         micro_batch_size=objective.micro_batch_size)
 
     with common.peak_memory("cpu") as pm:
         fwd_bwd()
@@ -78,7 +79,7 @@ def worker(args) -> dict:
         start = time.perf_counter()
         fwd_bwd()
         times.append(time.perf_counter() - start)
-    return {"mode": args.mode, "layout": layout, "added_mib": round(pm.added_mib, 1),
+    return {"mode": args.mode, "layout": objective.layout, "added_mib": round(pm.added_mib, 1),
             "peak_reset_ok": pm.reset_ok, "fwd_bwd_s": common.summary(times),
             "recompute": setup.model[0].config.recompute_granularity}
 

@@ -128,24 +128,24 @@ def count_model(model_cfg) -> dict:
     return count_parameters(model, model_cfg)
 
 
-def _time_prepare(setup, layout: str, block: int, batches) -> dict:
+def _time_prepare(objective, setup, block: int, batches) -> dict:
     """Cold-cache seconds of prepare_inputs over a step's micro-batches, and of its two parts."""
     from megatron_dllm.diffusion import masks
-    from megatron_dllm.train import forward_step as fs
-    from megatron_dllm.train.loop import step_context
+    from megatron_dllm.objectives import StepContext
 
-    ctx = step_context(setup, layout, block, setup.state.iteration)
+    layout = objective.layout
+    step = StepContext(iteration=setup.state.iteration, block_size=block)
     kind = {"ar": "block_causal", "mdlm": "bidirectional", "bd": "block_diffusion"}[layout]
     mask_block = {"ar": 1, "mdlm": None, "bd": block}[layout]
     device = setup.device
     out = {"prepare": 0.0, "noise": 0.0, "mask": 0.0}
     for batch in batches:
         masks.clear_mask_cache()
-        out["prepare"] += common.timed(lambda: fs.prepare_inputs(batch, ctx), device)
+        out["prepare"] += common.timed(lambda: objective.prepare_inputs(batch, step), device)
         if layout != "ar":
-            out["noise"] += common.timed(lambda: fs._noise(batch, ctx), device)
+            out["noise"] += common.timed(lambda: objective._noise(batch, step), device)
         masks.clear_mask_cache()
-        out["mask"] += common.timed(lambda: fs._attention_mask(kind, ctx, mask_block, batch["document_ids"]),
+        out["mask"] += common.timed(lambda: objective.attention_mask(kind, mask_block, batch["document_ids"]),
                                     device)
     masks.clear_mask_cache()
     return out
@@ -212,24 +212,30 @@ def worker(args) -> dict:
         teardown()
         return result
 
+    from megatron_dllm.data.microbatches import micro_batches
+    from megatron_dllm.model.core_attention import resolve_backend
+    from megatron_dllm.objectives import objective_type
     from megatron_dllm.train import loop
+    from megatron_dllm.train.engine import data_parallel
     from megatron_dllm.train.setup import setup_run
 
     t0 = time.perf_counter()
     setup = setup_run(run, device)
+    # the AR layout timed on the same (block-diffusion) model and data
+    ar = objective_type("ar").from_run(run, setup.mask_token_id, device,
+                                       resolve_backend(run.diffusion.attention_backend, device))
+    objectives = {lay: ar if lay == "ar" else setup.objective.at_block(blocks[lay]) for lay in layouts}
     result["setup_s"] = round(time.perf_counter() - t0, 1)
     prep = {lay: {"prepare": [], "noise": [], "mask": []} for lay in layouts}
     losses = {lay: [] for lay in layouts}
     switch = half_logits_switch(setup, L) if args.prototypes else None
 
     def step_fn(variant):
-        layout = real.get(variant, variant)
-
         def step():
             if switch is not None:
                 switch["on"] = variant == "bd_half_logits"
             try:
-                out = loop.run_step(setup, layout, blocks[variant])
+                out = loop.run_step(setup, objectives[variant], blocks[variant])
             finally:
                 if switch is not None:
                     switch["on"] = False
@@ -238,10 +244,10 @@ def worker(args) -> dict:
 
     def after(variant):
         # Same micro-batches the step just used (cold mask cache), then advance to the next batch.
-        layout = real.get(variant, variant)
-        mb = loop.micro_batch_size_for(run, layout)
-        batches = loop.micro_batches(setup, setup.datasets[0], setup.state.consumed_samples, mb)
-        for key, value in _time_prepare(setup, layout, blocks[variant], batches).items():
+        objective = objectives[variant]
+        batches = micro_batches(setup.datasets[0], setup.state.consumed_samples, gbs, objective.micro_batch_size,
+                                *data_parallel())
+        for key, value in _time_prepare(objective, setup, blocks[variant], batches).items():
             prep[variant][key].append(value)
         setup.state.iteration += 1
         setup.state.consumed_samples += gbs

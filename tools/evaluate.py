@@ -83,7 +83,9 @@ def main(argv=None) -> int:
     run.training = dataclasses.replace(run.training, train_iters=1, train_tokens=None,
                                        eval_interval=1, lr_warmup_iters=0, lr_decay_iters=None)
     run.checkpoint = dataclasses.replace(run.checkpoint, no_load_optim=True, save=None, save_interval=None)
-    if run.diffusion.objective == "bd" and not run.diffusion.block_schedule:
+    if run.diffusion.objective != "ar" and block < run.model.seq_length:  # scored in the BD layout
+        run.diffusion = dataclasses.replace(run.diffusion, objective="bd", block_schedule=f"stable:{block}@inf")
+    elif run.diffusion.objective == "bd" and not run.diffusion.block_schedule:
         run.diffusion = dataclasses.replace(run.diffusion, objective="mdlm")
     from megatron_dllm.platform.device import setup_device
     from megatron_dllm.platform.distributed import init_process_group, teardown
@@ -108,12 +110,10 @@ def main(argv=None) -> int:
         dataset = setup.datasets[index]
         if dataset is None:
             raise ConfigError(f"the {args.eval_split} split is empty (--split {run.data.split})")
-        L = run.model.seq_length
-        layout = "ar" if run.diffusion.objective == "ar" else ("bd" if block < L else "mdlm")
         if not weights_finite(setup.model):
             raise ConfigError(f"--load {run.checkpoint.load}: the checkpoint's weights hold NaN / Inf values: "
                               "evaluate a checkpoint from before the run diverged")
-        result = evaluate_elbo(setup, layout, block, dataset, run.training.eval_iters)
+        result = evaluate_elbo(setup, setup.objective.at_block(block), block, dataset, run.training.eval_iters)
     except (ConfigError, DataError) as exc:
         if dist.get_rank() == 0:
             print(f"error: {exc}", file=sys.stderr)

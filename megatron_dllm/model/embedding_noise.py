@@ -5,11 +5,16 @@ independent Gaussian noise to the embedding-layer output at every masked positio
 iterations. This forward hook on the model's ``embedding`` module does that. The noise of a row is a
 function of (seed, global sample index, iteration) only, so every TP rank adds the same values and a
 resumed run adds what it would have added; under sequence parallelism each rank adds its slice.
+
+The hook is managed in one place: the objective's forward step wraps the model call of a training
+micro-batch in ``applied(sample_indices, iteration)``; outside that block the hook does nothing and
+holds no state (so evaluation and generation never see it).
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
+import contextlib
+from typing import List, Optional, Tuple
 
 import torch
 from megatron.core import parallel_state
@@ -20,15 +25,24 @@ STREAM_EMBEDDING = 2
 
 
 class EmbeddingNoise:
-    """Forward hook adding N(0, std^2) at mask-token positions while ``active``."""
+    """Forward hook adding N(0, std^2) at mask-token positions during the first ``iters`` iterations."""
 
-    def __init__(self, mask_token_id: int, std: float, seed: int):
+    def __init__(self, mask_token_id: int, std: float, seed: int, iters: int):
         self.mask_token_id = mask_token_id
         self.std = std
         self.seed = seed
-        self.active = False
-        self.sample_indices: Optional[List[int]] = None
-        self.iteration = 0
+        self.iters = iters
+        self._rows: Optional[Tuple[List[int], int]] = None  # (sample indices, iteration) while applied
+
+    @contextlib.contextmanager
+    def applied(self, sample_indices: List[int], iteration: int):
+        """Noise the embedding outputs of the forwards inside the block (rows: ``sample_indices``,
+        global sample indices of the micro-batch) when ``iteration`` is one of the first ``iters``."""
+        self._rows = (list(sample_indices), iteration) if iteration < self.iters else None
+        try:
+            yield
+        finally:
+            self._rows = None
 
     def attach(self, model) -> None:
         """Register on ``model.embedding`` (first pipeline stage only; a no-op elsewhere)."""
@@ -37,15 +51,15 @@ class EmbeddingNoise:
             embedding.register_forward_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs, output):
-        if not self.active or self.std <= 0 or self.sample_indices is None:
+        if self._rows is None or self.std <= 0:
             return output
+        sample_indices, iteration = self._rows
         input_ids = kwargs.get("input_ids", args[0] if args else None)  # [b, s]
         seq, batch = input_ids.shape[1], input_ids.shape[0]
         hidden = output.shape[-1]
         noise = torch.stack([
-            torch.randn(seq, hidden, generator=noise_generator(self.seed, s, self.iteration,
-                                                               stream=STREAM_EMBEDDING))
-            for s in self.sample_indices
+            torch.randn(seq, hidden, generator=noise_generator(self.seed, s, iteration, stream=STREAM_EMBEDDING))
+            for s in sample_indices
         ], dim=1)  # [s, b, h]
         noise = noise * (input_ids.t() == self.mask_token_id).unsqueeze(-1).cpu()
         if output.shape[0] != seq:  # sequence parallel: this rank holds a contiguous slice

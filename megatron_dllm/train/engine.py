@@ -185,6 +185,11 @@ def train_step(
     return reports, grad_norm, updated
 
 
+def data_parallel() -> Tuple[int, int]:
+    """(rank, size) of this rank's data-parallel group: which micro-batches of a global batch it reads."""
+    return parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+
+
 def reduce_reports(reports: List[Dict], keys=("loss_sum", "num_tokens")) -> Dict[str, float]:
     """Sum report entries over micro-batches and data-parallel ranks, broadcast from the last stage.
 

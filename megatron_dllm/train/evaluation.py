@@ -20,15 +20,9 @@ import torch
 from megatron.core import tensor_parallel
 
 from megatron_dllm.config import ConfigError
-from megatron_dllm.train.engine import forward_backward, reduce_reports
-from megatron_dllm.train.forward_step import make_forward_step
-
-
-def t_points(run) -> List[Optional[float]]:
-    d = run.diffusion
-    lo = d.t_low if d.t_low is not None else d.t_eps
-    hi = d.t_high if d.t_high is not None else 1.0
-    return [lo + (hi - lo) * (k + 0.5) / d.eval_t_points for k in range(d.eval_t_points)]
+from megatron_dllm.data.microbatches import micro_batches
+from megatron_dllm.objectives import Objective, StepContext
+from megatron_dllm.train.engine import data_parallel, forward_backward, reduce_reports
 
 
 def eval_block_size(requested: Optional[int], seq_length: int) -> int:
@@ -51,14 +45,15 @@ def json_safe(result: dict) -> Tuple[dict, List[str]]:
 
 
 @contextlib.contextmanager
-def kept_training_state(model, hook=None):
+def kept_training_state(model):
     """Run the body in evaluation mode and give training back exactly the state it had.
 
     * ``torch.no_grad()``: Megatron-Core's routers add the routed tokens to ``local_tokens_per_expert``
       (the counts of the next expert-bias update) and record aux / z losses only while gradients are
       enabled; with them enabled, validation tokens moved the expert bias of the next training step.
     * ``eval()`` on every module (no dropout), then each module's own training flag back.
-    * the CPU / CUDA / model-parallel RNG states and the embedding-noise hook's fields, restored.
+    * the CPU / CUDA / model-parallel RNG states, restored. (The embedding-noise hook holds no state
+      between forwards and is off in evaluation: ``EmbeddingNoise.applied``.)
     Data is read through fresh samplers, so no training iterator moves.
     """
     modules = [m for chunk in model for m in chunk.modules()]
@@ -66,7 +61,6 @@ def kept_training_state(model, hook=None):
     tracker = tensor_parallel.get_cuda_rng_tracker()
     rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
            tracker.get_states())
-    hook_fields = dict(vars(hook)) if hook is not None else None
     try:
         for chunk in model:
             chunk.eval()
@@ -79,37 +73,30 @@ def kept_training_state(model, hook=None):
         if rng[1] is not None:
             torch.cuda.set_rng_state_all(rng[1])
         tracker.set_states(rng[2])
-        if hook is not None:
-            vars(hook).update(hook_fields)
 
 
-def evaluate_elbo(setup, layout: str, block: int, dataset, num_batches: int) -> dict:
-    """NELBO (nats / token), bits per token and standard error over ``num_batches`` global batches.
+def evaluate_elbo(setup, objective: Objective, block: int, dataset, num_batches: int) -> dict:
+    """NELBO (nats / token), bits per token and standard error of ``objective`` at ``block`` over
+    ``num_batches`` global batches of ``dataset``; for AR the next-token NLL.
 
-    Leaves the model, its buffers, the RNG states and the hooks as they were (``kept_training_state``).
+    Leaves the model, its buffers and the RNG states as they were (``kept_training_state``).
     """
-    with kept_training_state(setup.model, setup.embedding_noise):
-        return _evaluate_elbo(setup, layout, block, dataset, num_batches)
+    with kept_training_state(setup.model):
+        return _evaluate_elbo(setup, objective, block, dataset, num_batches)
 
 
-def _evaluate_elbo(setup, layout: str, block: int, dataset, num_batches: int) -> dict:
-    from megatron_dllm.train.loop import micro_batch_size_for, micro_batches, step_context
-
-    run = setup.run
-    L, G = run.model.seq_length, run.training.global_batch_size
-    mbs = micro_batch_size_for(run, layout)
-    points = [None] if layout == "ar" else t_points(run)
+def _evaluate_elbo(setup, objective: Objective, block: int, dataset, num_batches: int) -> dict:
+    G = setup.run.training.global_batch_size
+    mbs = objective.micro_batch_size
     estimates = []
     for b in range(num_batches):
-        batches = micro_batches(setup, dataset, b * G, mbs)
+        batches = micro_batches(dataset, b * G, G, mbs, *data_parallel())
         per_point = []
-        for t in points:
-            ctx = step_context(setup, layout, block, 0, eval_t=t)
-            if layout != "ar":
-                ctx.loss_weight, ctx.loss_norm = "inv_t", "all_tokens"
-            reports = forward_backward(make_forward_step(ctx), batches, setup.model,
-                                       num_microbatches=len(batches), seq_length=2 * L if layout == "bd" else L,
-                                       micro_batch_size=mbs, forward_only=True)
+        for t in objective.eval_points():
+            step = StepContext(iteration=0, block_size=block, eval_t=t)
+            reports = forward_backward(objective.forward_step(step), batches, setup.model,
+                                       num_microbatches=len(batches), seq_length=objective.model_seq_length,
+                                       micro_batch_size=mbs * objective.rows_per_sample(step), forward_only=True)
             totals = reduce_reports(reports)
             per_point.append(totals["loss_sum"] / max(totals["num_tokens"], 1.0))
         estimates.append(sum(per_point) / len(per_point))
@@ -117,4 +104,4 @@ def _evaluate_elbo(setup, layout: str, block: int, dataset, num_batches: int) ->
     nelbo = sum(estimates) / n
     se = (math.sqrt(sum((e - nelbo) ** 2 for e in estimates) / (n - 1) / n) if n > 1 else None)
     return {"nelbo": nelbo, "bits_per_token": nelbo / math.log(2),
-            "standard_error": se, "batches": n, "block_size": block, "layout": layout}
+            "standard_error": se, "batches": n, "block_size": block, "layout": objective.layout}

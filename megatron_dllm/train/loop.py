@@ -18,19 +18,16 @@ from typing import List, Optional
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
 from megatron.core.optimizer import OptimizerConfig
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from megatron_dllm.data.batch import collate
-from megatron_dllm.data.sampler import GlobalBatchSampler
-from megatron_dllm.diffusion.noising import NoiseConfig
-from megatron_dllm.model.core_attention import resolve_backend
-from megatron_dllm.model.embedding_noise import EmbeddingNoise
 from megatron_dllm.checkpoint import state as checkpointing
+from megatron_dllm.data.microbatches import micro_batches
+from megatron_dllm.objectives import Objective, StepContext
 from megatron_dllm.platform.distributed import comm_device
-from megatron_dllm.train.engine import forward_backward, optimizer_step, reduce_reports, synced_params
-from megatron_dllm.train.forward_step import StepContext, make_forward_step
+from megatron_dllm.train.engine import (data_parallel, forward_backward, optimizer_step, reduce_reports,
+                                        synced_params)
+from megatron_dllm.train.evaluation import evaluate_elbo
 from megatron_dllm.train.logging import MetricsLogger
 from megatron_dllm.train.nonfinite import (EXIT_NONFINITE, NonFiniteError, step_problem, stop_message,
                                            weights_finite)
@@ -58,11 +55,10 @@ class Setup:
     datasets: tuple
     mask_token_id: int
     eod_id: int
-    schedule: object
+    objective: Objective    # objectives.objective_for(run, ...): everything the step does by objective
     total_iters: int
     state: TrainState
     logger: MetricsLogger
-    embedding_noise: Optional[EmbeddingNoise]
 
 
 def build_scheduler(optimizer, run, total_iters: int) -> OptimizerParamScheduler:
@@ -96,77 +92,21 @@ def optimizer_config(run) -> OptimizerConfig:
     )
 
 
-def layout_at(run, schedule, consumed_tokens: int):
-    """(layout, block size, phase) of the step that starts after ``consumed_tokens``."""
-    L = run.model.seq_length
-    if schedule is None:
-        return "ar", 1, "ar"
-    block = schedule.block_size_at(consumed_tokens)
-    return ("bd" if block < L else "mdlm"), block, schedule.phase_at(consumed_tokens)
-
-
-def step_context(setup: Setup, layout: str, block: int, iteration: int, eval_t=None) -> StepContext:
-    run = setup.run
-    d = run.diffusion
-    noise = NoiseConfig(eps=d.t_eps, t_low=d.t_low, t_high=d.t_high, sampling=d.t_sampling,
-                        granularity=d.t_granularity, num_strata=run.training.global_batch_size)
-    hook = setup.embedding_noise
-    if hook is not None:
-        hook.active = eval_t is None and iteration < d.embedding_noise_iters
-    return StepContext(
-        layout=layout, seq_length=run.model.seq_length, block_size=block, iteration=iteration,
-        seed=run.training.seed, noise=noise, mask_token_id=setup.mask_token_id,
-        loss_weight=d.loss_weight, loss_norm=d.loss_norm, label_shift=d.label_shift,
-        token_shift=d.token_shift, clean_stream_causal=d.clean_stream_causal,
-        ar_loss_weight=d.ar_loss_weight, complementary=d.complementary_masking,
-        attention_backend=resolve_backend(d.attention_backend, setup.device), device=setup.device,
-        num_buckets=d.t_buckets, eval_t=eval_t, embedding_noise=hook,
-    )
-
-
-def micro_batches(setup: Setup, dataset, first_sample: int, micro_batch_size: int, step: int = 0):
-    """This DP rank's micro-batches of the global batch that starts at sample ``first_sample``."""
-    sampler = GlobalBatchSampler(
-        total_samples=len(dataset), consumed_samples=first_sample,
-        global_batch_size=setup.run.training.global_batch_size, micro_batch_size=micro_batch_size,
-        data_parallel_rank=parallel_state.get_data_parallel_rank(),
-        data_parallel_size=parallel_state.get_data_parallel_world_size(),
-    )
-    out = []
-    for indices in sampler.micro_batches_for_step(step):
-        samples = [dataset[i % len(dataset)] for i in indices]
-        out.append(collate(samples, indices))
-    return out
-
-
-def micro_batch_size_for(run, layout: str) -> int:
-    if layout == "bd" and run.diffusion.bd_micro_batch_size:
-        return run.diffusion.bd_micro_batch_size
-    return run.training.micro_batch_size
-
-
-def run_step(setup: Setup, layout: str, block: int) -> dict:
-    """One optimizer step; returns the reduced metrics and ``problem`` (None, or what is not finite).
-
-    The update is applied only when the loss and the gradient norm are finite.
+def run_step(setup: Setup, objective: Objective, block: int) -> dict:
+    """One optimizer step of ``objective`` at ``block``; returns the reduced metrics and ``problem``
+    (None, or what is not finite). The update is applied only when the loss and the gradient norm are finite.
     """
-    run, state = setup.run, setup.state
-    mbs = micro_batch_size_for(run, layout)
-    batches = micro_batches(setup, setup.datasets[0], state.consumed_samples, mbs)
-    ctx = step_context(setup, layout, block, state.iteration)
-    L = run.model.seq_length
+    state = setup.state
+    step = StepContext(iteration=state.iteration, block_size=block)
+    batches = micro_batches(setup.datasets[0], state.consumed_samples, setup.run.training.global_batch_size,
+                            objective.micro_batch_size, *data_parallel())
     reports = forward_backward(
-        make_forward_step(ctx), batches, setup.model, setup.optimizer,
-        num_microbatches=len(batches), seq_length=2 * L if layout == "bd" else L,
-        micro_batch_size=mbs * (2 if ctx.complementary and layout != "ar" else 1),  # rows doubled
+        objective.forward_step(step), batches, setup.model, setup.optimizer,
+        num_microbatches=len(batches), seq_length=objective.model_seq_length,
+        micro_batch_size=objective.micro_batch_size * objective.rows_per_sample(step),
     )
-    keys = ["loss_sum", "num_tokens", "num_noised", "correct"]
-    if layout != "ar":
-        keys += [f"bucket{k}_{kind}" for k in range(run.diffusion.t_buckets) for kind in ("loss_sum", "count")]
-    if layout == "bd" and ctx.ar_loss_weight > 0:
-        keys += ["ar_loss_sum", "ar_tokens"]
     # The step's one host sync (for logging), taken before the update so a NaN loss updates nothing.
-    totals = reduce_reports(reports, keys=tuple(keys))
+    totals = reduce_reports(reports, keys=objective.report_keys(step))
     grad_norm, updated = None, False
     if step_problem(totals["loss_sum"], None) is None:
         grad_norm, updated = optimizer_step(setup.optimizer)
@@ -176,14 +116,12 @@ def run_step(setup: Setup, layout: str, block: int) -> dict:
             "problem": step_problem(totals["loss_sum"], grad_norm)}
 
 
-def evaluate(setup: Setup, layout: str, block: int) -> dict:
-    """Validation ELBO of the current layout and block size (``train/evaluation.py``)."""
-    from megatron_dllm.train.evaluation import evaluate_elbo
-
+def evaluate(setup: Setup, objective: Objective, block: int) -> dict:
+    """Validation ELBO of the step's objective and block size (``train/evaluation.py``)."""
     if setup.datasets[1] is None:
         return {}
     with synced_params(setup.model):
-        return evaluate_elbo(setup, layout, block, setup.datasets[1], setup.run.training.eval_iters)
+        return evaluate_elbo(setup, objective, block, setup.datasets[1], setup.run.training.eval_iters)
 
 
 def _last_checkpoint(root: Optional[str]) -> Optional[str]:
@@ -235,8 +173,8 @@ def _log(setup: Setup, step: dict, layout: str, block: int, phase: str, elapsed:
                "block_size": block, "tokens_per_s": G * L / elapsed, f"loss_{phase}": loss}
     if totals.get("ar_tokens"):
         metrics["ar_loss"] = scalars["ar_loss"] = totals["ar_loss_sum"] / totals["ar_tokens"]
-    for k in range(run.diffusion.t_buckets if layout != "ar" else 0):
-        count = totals.get(f"bucket{k}_count", 0.0)
+    for k in range(sum(1 for key in totals if key.startswith("bucket") and key.endswith("_count"))):
+        count = totals[f"bucket{k}_count"]
         if count:
             bucket_loss = totals[f"bucket{k}_loss_sum"] / count
             scalars[f"loss_t{k}"] = bucket_loss
@@ -291,23 +229,25 @@ def _train(setup: Setup) -> int:
     started = state.iteration
     skipped = 0
     while state.iteration < setup.total_iters:
-        layout, block, phase = layout_at(run, setup.schedule, state.consumed_tokens)
+        # the curriculum position is in tokens: the objective of the step (bd at block L is mdlm) and its block
+        objective, block, phase = setup.objective.phase_at(state.consumed_tokens)
         if block != last_block:
-            setup.logger.info(f"iteration {state.iteration}: phase {phase}, block size {block}, layout {layout}")
+            setup.logger.info(f"iteration {state.iteration}: phase {phase}, block size {block}, "
+                              f"layout {objective.layout}")
             last_block = block
         t0 = time.perf_counter()
-        step = run_step(setup, layout, block)
+        step = run_step(setup, objective, block)
         elapsed = time.perf_counter() - t0
         state.iteration += 1
         state.consumed_samples += t.global_batch_size
         state.consumed_tokens += t.global_batch_size * L
         if state.iteration % run.logging.log_interval == 0 or state.iteration == 1 or step["problem"]:
-            _log(setup, step, layout, block, phase, elapsed)
+            _log(setup, step, objective.layout, block, phase, elapsed)
         if step["problem"]:
             skipped += 1
             _skip_or_stop(setup, step["problem"], skipped)
         if t.eval_interval and state.iteration % t.eval_interval == 0:
-            setup.logger.log_valid(state.iteration, evaluate(setup, layout, block))
+            setup.logger.log_valid(state.iteration, evaluate(setup, objective, block))
         if _saved_by_interval(ck, state.iteration):
             save(setup)
         if handler is not None and handler.should_exit():

@@ -11,20 +11,7 @@ import re
 
 from megatron_dllm.config import ConfigError, validate
 from megatron_dllm.config_ranges import check_ranges
-from megatron_dllm.diffusion.curriculum import BlockSchedule
-
-
-def block_schedule(run) -> BlockSchedule | None:
-    """The block-size schedule of the run: parsed for bd, constant L for mdlm, None for ar."""
-    d, L = run.diffusion, run.model.seq_length
-    if d.objective == "ar":
-        return None
-    if d.objective == "mdlm":
-        return BlockSchedule.constant(L, L)
-    try:
-        return BlockSchedule.parse(d.block_schedule, L)
-    except ValueError as exc:
-        raise ConfigError(f"--dllm-block-schedule: {exc}") from exc
+from megatron_dllm.objectives import objective_type
 
 
 def train_iters(run) -> int:
@@ -55,11 +42,9 @@ def check_run(run, world_size: int, files: bool = True) -> None:
                 f"--global-batch-size {t.global_batch_size} is not divisible by {name} {mbs} x "
                 f"data-parallel size {dp}: change one of them"
             )
-    if d.objective == "bd" and not d.block_schedule:
-        raise ConfigError("--dllm-objective bd needs --dllm-block-schedule (e.g. 'stable:32@inf')")
-    if d.objective != "bd" and d.block_schedule:
-        raise ConfigError("--dllm-block-schedule is only used with --dllm-objective bd")
-    block_schedule(run)  # parses and checks every block size divides --seq-length
+    objective = objective_type(d.objective)
+    objective.check_config(d)  # the options this objective cannot honour
+    objective.block_schedule(run)  # parses and checks every block size divides --seq-length
     if (d.t_low is None) != (d.t_high is None):
         raise ConfigError("give both --dllm-t-low and --dllm-t-high, or neither")
     if d.embedding_noise_std < 0 or d.embedding_noise_iters < 0:
@@ -143,12 +128,6 @@ def _check_alignment(d) -> None:
     if d.ar_loss_weight > 0 and not d.clean_stream_causal:
         raise ConfigError("--dllm-ar-loss-weight needs --dllm-clean-stream-causal (a block-causal clean "
                           "stream sees the next token, so a next-token loss on it is trivial)")
-    if d.objective == "ar" and (d.token_shift or d.clean_stream_causal or d.complementary_masking):
-        raise ConfigError("--dllm-token-shift / --dllm-clean-stream-causal / --dllm-complementary-masking "
-                          "are dLLM options: use them with --dllm-objective bd or mdlm")
-    if d.objective == "mdlm" and d.clean_stream_causal:
-        raise ConfigError("--dllm-clean-stream-causal needs the block-diffusion layout: use "
-                          "--dllm-objective bd (the MDLM layout has no clean stream)")
 
 
 def resolve_vocab_size(run) -> str | None:

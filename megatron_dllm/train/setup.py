@@ -12,14 +12,14 @@ from megatron_dllm.data.datasets import build_datasets
 from megatron_dllm.data.tokenizer import load_tokenizer, require_mask_token
 from megatron_dllm.model.builder import build_model_chunks
 from megatron_dllm.model.transformer_config import Execution
-from megatron_dllm.model.embedding_noise import EmbeddingNoise
+from megatron_dllm.objectives import objective_for, objective_type
 from megatron_dllm.platform.distributed import init_model_parallel
 from megatron_dllm.checkpoint import state as checkpointing
 from megatron_dllm.checkpoint.layout import recorded_mask_token_id
 from megatron_dllm.train.engine import build_optimizer, wrap_ddp
 from megatron_dllm.train.logging import MetricsLogger
 from megatron_dllm.train.loop import Setup, TrainState, build_scheduler, optimizer_config
-from megatron_dllm.train.preflight import block_schedule, check_checkpoint_config, train_iters
+from megatron_dllm.train.preflight import check_checkpoint_config, train_iters
 
 
 def _checkpoint_mask_id(run):
@@ -40,10 +40,10 @@ def token_ids(run):
         if tok.vocab_size > m.padded_vocab_size(run.parallel.tensor_model_parallel_size):
             raise ConfigError(f"tokenizer has {tok.vocab_size} tokens but --vocab-size is {m.vocab_size}: "
                               f"pass --vocab-size {tok.vocab_size}")
-        if d.objective == "ar":  # the AR baseline never uses [MASK]
-            mask = tok.mask_token_id if tok.mask_token_id is not None else tok.vocab_size - 1
-        else:
+        if objective_type(d.objective).uses_mask_token:
             mask = require_mask_token(tok)
+        else:
+            mask = tok.mask_token_id if tok.mask_token_id is not None else tok.vocab_size - 1
         return mask, tok.eod_id, tok.vocab_size
     # mock data: the last two ids of the vocabulary are [MASK] and EOD (unless a checkpoint says)
     mask = d.mask_token_id if d.mask_token_id is not None else _checkpoint_mask_id(run)
@@ -73,19 +73,15 @@ def setup_run(run, device: str) -> Setup:
     if eval_samples and datasets[1] is None:
         raise ConfigError("--eval-interval needs a validation split: give it a positive weight in --split")
 
+    objective = objective_for(run, mask_token_id, device)
     init_model_parallel(run.parallel, seed=t.seed)
-    chunks = build_model_chunks(run.model, run.parallel, causal=run.diffusion.objective == "ar",
+    chunks = build_model_chunks(run.model, run.parallel, causal=objective.causal,
                                 attention_backend=run.diffusion.attention_backend,
                                 dtype="bf16" if t.bf16 else "fp32", init_seed=t.seed,
                                 execution=Execution.from_training(t, run.model))
     if device == "cuda":
         chunks = [c.cuda() for c in chunks]
-    hook = None
-    d = run.diffusion
-    if d.embedding_noise_std > 0 and d.embedding_noise_iters > 0 and d.objective != "ar":
-        hook = EmbeddingNoise(mask_token_id, d.embedding_noise_std, t.seed)
-        for chunk in chunks:
-            hook.attach(chunk)
+    objective.attach(chunks)  # its model hooks (the embedding noise), before DDP wraps the chunks
     model = wrap_ddp(chunks, use_distributed_optimizer=t.use_distributed_optimizer,
                      overlap_grad_reduce=t.overlap_grad_reduce, overlap_param_gather=t.overlap_param_gather)
     optimizer = build_optimizer(model, optimizer_config(run))
@@ -118,5 +114,5 @@ def setup_run(run, device: str) -> Setup:
         f" (EP {run.parallel.expert_model_parallel_size}); {total} iterations of {G} x {L} tokens; "
         f"objective {run.diffusion.objective}; device {device}")
     return Setup(run=run, device=device, model=model, optimizer=optimizer, scheduler=scheduler,
-                 datasets=datasets, mask_token_id=mask_token_id, eod_id=eod_id, schedule=block_schedule(run),
-                 total_iters=total, state=state, logger=logger, embedding_noise=hook)
+                 datasets=datasets, mask_token_id=mask_token_id, eod_id=eod_id, objective=objective,
+                 total_iters=total, state=state, logger=logger)

@@ -133,20 +133,20 @@ class _SavedTensors:
 
 def _step(setup, run, layout: str, micro_batch: int, rank: int, saved=None, num_microbatches: int = 1):
     from megatron_dllm.diffusion.noising import NoiseConfig
+    from megatron_dllm.objectives import OBJECTIVES, StepContext
     from megatron_dllm.train.engine import train_step
-    from megatron_dllm.train.forward_step import StepContext, make_forward_step
 
     chunks, model, optimizer = setup
     L = run.model.seq_length
-    ctx = StepContext(layout=layout, seq_length=L, block_size=8 if layout == "bd" else L, iteration=0,
-                      seed=SEED, noise=NoiseConfig(), mask_token_id=run.model.vocab_size - 1,
-                      attention_backend="sdpa")
+    objective = OBJECTIVES[layout](seq_length=L, micro_batch_size=micro_batch, seed=SEED, noise=NoiseConfig(),
+                                   mask_token_id=run.model.vocab_size - 1, attention_backend="sdpa")
+    step = StepContext(iteration=0, block_size=8 if layout == "bd" else L)
     batches = [_batch(run.model.vocab_size, micro_batch, rank * num_microbatches + i)
                for i in range(num_microbatches)]
     with saved if saved is not None else contextlib.nullcontext():
-        _, _, ok = train_step(make_forward_step(ctx), batches, model, optimizer,
+        _, _, ok = train_step(objective.forward_step(step), batches, model, optimizer,
                               num_microbatches=num_microbatches,
-                              seq_length=2 * L if layout == "bd" else L, micro_batch_size=micro_batch)
+                              seq_length=objective.model_seq_length, micro_batch_size=micro_batch)
     assert ok
 
 

@@ -11,7 +11,7 @@ def _train(preset: str, extra: List[str], steps: int) -> Dict[str, object]:
     from megatron.core import parallel_state
 
     from megatron_dllm.arguments import parse_args
-    from megatron_dllm.train.loop import layout_at, run_step
+    from megatron_dllm.train.loop import run_step
     from megatron_dllm.train.preflight import check_run
     from megatron_dllm.train.setup import setup_run
 
@@ -22,12 +22,12 @@ def _train(preset: str, extra: List[str], steps: int) -> Dict[str, object]:
     setup = setup_run(run, "cpu")
     state, out = setup.state, {"loss_sum": [], "grad_norm": [], "layouts": []}
     for _ in range(steps):
-        layout, block, _ = layout_at(run, setup.schedule, state.consumed_tokens)
-        step = run_step(setup, layout, block)
+        objective, block, _ = setup.objective.phase_at(state.consumed_tokens)
+        step = run_step(setup, objective, block)
         assert step["updated"], step
         out["loss_sum"].append(float(step["totals"]["loss_sum"]))
         out["grad_norm"].append(float(step["grad_norm"]))
-        out["layouts"].append(layout)
+        out["layouts"].append(objective.layout)
         state.iteration += 1
         state.consumed_samples += run.training.global_batch_size
         state.consumed_tokens += run.training.global_batch_size * run.model.seq_length

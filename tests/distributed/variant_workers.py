@@ -8,7 +8,7 @@ import torch
 from megatron_dllm.config import ParallelConfig
 from megatron_dllm.diffusion.noising import NoiseConfig
 from megatron_dllm.model.presets import get_preset
-from megatron_dllm.train.forward_step import StepContext, make_loss_func, prepare_inputs
+from megatron_dllm.objectives import OBJECTIVES, StepContext
 
 L, B, MASK = 32, 2, 255
 
@@ -22,16 +22,22 @@ def _batch(gen, docs=True):
             "sample_index": torch.arange(B)}
 
 
-def _ctx(layout, block, **kw):
-    return StepContext(layout=layout, seq_length=L, block_size=block, iteration=0, seed=5,
-                       noise=NoiseConfig(sampling="iid"), mask_token_id=MASK, num_buckets=0, **kw)
+def _ctx(layout, block, eval_t=None, **kw):
+    """(objective, step) of ``layout`` at ``block``; ``kw``: the objective's settings."""
+    if layout == "ar":
+        objective = OBJECTIVES["ar"](seq_length=L, **kw)
+    else:
+        objective = OBJECTIVES[layout](seq_length=L, seed=5, noise=NoiseConfig(sampling="iid"), mask_token_id=MASK,
+                                       t_buckets=0, **kw)
+    return objective, StepContext(iteration=0, block_size=block, eval_t=eval_t)
 
 
 def _loss(model, batch, ctx):
-    inputs = prepare_inputs(batch, ctx)
+    objective, step = ctx
+    inputs = objective.prepare_inputs(batch, step)
     logits = model(inputs.tokens, inputs.position_ids, inputs.attention_mask,
                    logits_index=inputs.logits_index)
-    loss_sum, count, report = make_loss_func(inputs, ctx)(logits)
+    loss_sum, count, report = objective.loss_func(inputs, step)(logits)
     return loss_sum.item(), int(count), {k: float(v) for k, v in report.items()}, inputs, logits
 
 
@@ -79,8 +85,8 @@ def variants_worker(rank, world_size):
             out["leaks"][name] = (changed_own, changed_other)
 
         # complementary masking: two copies, masks disjoint and covering every loss position
-        ctx = _ctx("bd", 8, complementary=True)
-        inputs = prepare_inputs(batch, ctx)
+        objective, step = _ctx("bd", 8, complementary=True)
+        inputs = objective.prepare_inputs(batch, step)
         first, second = inputs.noise.noise_mask[:B], inputs.noise.noise_mask[B:]
         out["complementary"] = {
             "rows": int(inputs.tokens.shape[0]),

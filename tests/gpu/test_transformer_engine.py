@@ -77,7 +77,7 @@ def test_fp8_training_step_runs(parallel, tmp_path):
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs compute capability 8.9 or newer (Ada, Hopper)")
     from megatron_dllm.arguments import parse_args
-    from megatron_dllm.train.loop import layout_at, run_step
+    from megatron_dllm.train.loop import run_step
     from megatron_dllm.train.preflight import check_run
     from megatron_dllm.train.setup import setup_run
 
@@ -91,8 +91,8 @@ def test_fp8_training_step_runs(parallel, tmp_path):
     assert setup.model[0].config.fp8 == "hybrid"
     losses = []
     for _ in range(2):
-        layout, block, _ = layout_at(run, setup.schedule, setup.state.consumed_tokens)
-        step = run_step(setup, layout, block)
+        objective, block, _ = setup.objective.phase_at(setup.state.consumed_tokens)
+        step = run_step(setup, objective, block)
         assert step["updated"] and step["problem"] is None, step
         losses.append(float(step["totals"]["loss_sum"]))
         setup.state.consumed_tokens += run.training.global_batch_size * L

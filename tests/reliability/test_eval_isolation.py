@@ -21,7 +21,7 @@ def test_evaluation_changes_no_training_state():
     """Parameters, buffers (router token counts, expert bias), optimizer state, RNG states, module
     modes and the embedding-noise hook are bit-identical before and after an evaluation."""
     out = run_ranks(workers.eval_leaves_state, 1, args=(TINY, 2), timeout=300)[0]
-    assert out["router_buffers"] > 0 and out["hook_active"] is True  # the state at risk exists
+    assert out["router_buffers"] > 0 and out["hook"] is True  # the state at risk exists
     assert out["nelbo"] > 0
     assert out["changed"] == []
 

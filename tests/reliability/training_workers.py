@@ -22,12 +22,12 @@ def _setup(tiny: str, extra: List[str]):
 
 
 def _train_steps(setup, n: int) -> None:
-    from megatron_dllm.train.loop import layout_at, run_step
+    from megatron_dllm.train.loop import run_step
 
     state, run = setup.state, setup.run
     for _ in range(n):
-        layout, block, _ = layout_at(run, setup.schedule, state.consumed_tokens)
-        step = run_step(setup, layout, block)
+        objective, block, _ = setup.objective.phase_at(state.consumed_tokens)
+        step = run_step(setup, objective, block)
         assert step["updated"], step
         state.iteration += 1
         state.consumed_samples += run.training.global_batch_size
@@ -61,8 +61,9 @@ def snapshot(setup) -> Dict[str, object]:
     state["rng.torch"] = torch.get_rng_state()
     for name, value in tensor_parallel.get_cuda_rng_tracker().get_states().items():
         state[f"rng.tracker.{name}"] = value.clone()
-    if setup.embedding_noise is not None:
-        for name, value in vars(setup.embedding_noise).items():
+    hook = getattr(setup.objective, "hook", None)
+    if hook is not None:
+        for name, value in vars(hook).items():
             state[f"hook.{name}"] = value
     state["scheduler"] = repr(setup.scheduler.state_dict())
     state["train_state"] = repr(setup.state)
@@ -82,38 +83,37 @@ def changed(before: Dict[str, object], after: Dict[str, object]) -> List[str]:
 
 def eval_leaves_state(rank, world_size, tiny: str, layout_steps: int) -> Dict[str, object]:
     """Train ``layout_steps`` steps, evaluate, and report what the evaluation changed."""
-    from megatron_dllm.train.loop import evaluate, layout_at
+    from megatron_dllm.train.loop import evaluate
 
     setup = _setup(tiny, ["--train-iters", "40", "--eval-interval", "5", "--eval-iters", "2",
                           "--dllm-embedding-noise-std", "0.5", "--dllm-embedding-noise-iters", "100"])
     _train_steps(setup, layout_steps)
-    layout, block, _ = layout_at(setup.run, setup.schedule, setup.state.consumed_tokens)
+    objective, block, _ = setup.objective.phase_at(setup.state.consumed_tokens)
     before = snapshot(setup)
-    result = evaluate(setup, layout, block)
+    result = evaluate(setup, objective, block)
     after = snapshot(setup)
     buffers = [k for k in before if "local_tokens_per_expert" in k or "expert_bias" in k]
-    return {"changed": changed(before, after), "layout": layout, "nelbo": result["nelbo"],
-            "router_buffers": len(buffers), "hook_active": before.get("hook.active")}
+    return {"changed": changed(before, after), "layout": objective.layout, "nelbo": result["nelbo"],
+            "router_buffers": len(buffers), "hook": any(k.startswith("hook.") for k in before)}
 
 
 def nan_gradient_skips_update(rank, world_size, tiny: str) -> Dict[str, object]:
     """One good step, then a step whose gradient holds a NaN: what ``optimizer_step`` did to each."""
-    from megatron_dllm.train.engine import forward_backward, optimizer_step
-    from megatron_dllm.train.forward_step import make_forward_step
-    from megatron_dllm.train.loop import layout_at, micro_batches, step_context
+    from megatron_dllm.data.microbatches import micro_batches
+    from megatron_dllm.objectives import StepContext
+    from megatron_dllm.train.engine import data_parallel, forward_backward, optimizer_step
 
     setup = _setup(tiny, ["--train-iters", "10"])
     _train_steps(setup, 1)
     run, state = setup.run, setup.state
-    layout, block, _ = layout_at(run, setup.schedule, state.consumed_tokens)
-    batches = micro_batches(setup, setup.datasets[0], state.consumed_samples, run.training.micro_batch_size)
-    L = run.model.seq_length
+    objective, block, _ = setup.objective.phase_at(state.consumed_tokens)
+    batches = micro_batches(setup.datasets[0], state.consumed_samples, run.training.global_batch_size,
+                            objective.micro_batch_size, *data_parallel())
 
     def backward():
-        forward_backward(make_forward_step(step_context(setup, layout, block, state.iteration)), batches,
-                         setup.model, setup.optimizer, num_microbatches=len(batches),
-                         seq_length=2 * L if layout == "bd" else L,
-                         micro_batch_size=run.training.micro_batch_size)
+        forward_backward(objective.forward_step(StepContext(iteration=state.iteration, block_size=block)),
+                         batches, setup.model, setup.optimizer, num_microbatches=len(batches),
+                         seq_length=objective.model_seq_length, micro_batch_size=objective.micro_batch_size)
 
     backward()
     param = next(p for p in setup.model[0].parameters() if p.requires_grad)

@@ -1,0 +1,51 @@
+"""Training objectives, one object each, chosen in one place: ``objective_for(run, ...)``.
+
+A new objective (say ``sft`` or ``dpo``) is one module here with one class, registered in
+``OBJECTIVES`` and named in ``DiffusionConfig.objective``'s choices (a test checks the two agree).
+The class provides, on top of ``objectives.base.Objective``:
+
+* ``name`` / ``layout`` / ``streams`` / ``causal`` / ``uses_mask_token`` (class attributes),
+* ``check_config(diffusion_config)``: ConfigError for options it cannot honour (run by preflight),
+* ``block_schedule(run)``: its block-size schedule (None without one),
+* ``from_run(run, mask_token_id, device, backend)``: the object, with everything it needs from the run,
+* ``phase_at(consumed_tokens)``: (objective of the step, block size, phase),
+* ``prepare_inputs(batch, step)`` and ``loss_terms(step)`` (``DiffusionObjective`` provides
+  both for masked diffusion; its subclasses provide ``input_layout``),
+* optionally ``report_keys``, ``eval_points``, ``rows_per_sample``, ``attach`` (model hooks).
+
+The loop, evaluation, set-up and preflight call only these.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Type
+
+from megatron_dllm.config import ConfigError
+from megatron_dllm.objectives.ar import ArObjective
+from megatron_dllm.objectives.base import LossTerms, ModelInputs, Objective, StepContext
+from megatron_dllm.objectives.bd import BlockDiffusionObjective
+from megatron_dllm.objectives.mdlm import MdlmObjective
+
+OBJECTIVES: Dict[str, Type[Objective]] = {cls.name: cls for cls in (ArObjective, MdlmObjective,
+                                                                     BlockDiffusionObjective)}
+
+__all__ = ["OBJECTIVES", "LossTerms", "ModelInputs", "Objective", "StepContext", "objective_for",
+           "objective_type"]
+
+
+def objective_type(name: str) -> Type[Objective]:
+    """The class registered as ``name``; ConfigError naming the choices otherwise."""
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise ConfigError(f"--dllm-objective {name!r} is not an objective: choose one of "
+                          f"{', '.join(sorted(OBJECTIVES))}") from None
+
+
+def objective_for(run, mask_token_id: int, device: str) -> Objective:
+    """The run's objective (``--dllm-objective``), built from its config for ``device``."""
+    from megatron_dllm.model.core_attention import resolve_backend
+
+    d = run.diffusion
+    return objective_type(d.objective).from_run(run, mask_token_id, device,
+                                                resolve_backend(d.attention_backend, device))

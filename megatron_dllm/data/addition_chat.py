@@ -7,6 +7,8 @@
     dpo_records(task, 1000, seed=2)
     # [{"prompt": "What is 47+08?", "chosen": "055", "rejected": "056"}, ...]
     write_jsonl_records("sft.jsonl", sft_records(task, 1000, seed=1))
+    data = build_addition_chat_data("runs/demo/chat", "runs/demo/data/tokenizer.model", task)
+    data.sft_prefix, data.dpo_prefix   # for SFTDataset / DPOPairDataset; *_test_jsonl held out
 
 The answer is written as in the pretraining documents (``task.answer``: zero-padded, one digit
 wider than the operands). A rejected answer is a near miss: the right answer with one digit moved
@@ -17,11 +19,15 @@ order of ``task.test_problems()`` (``count`` is then ignored).
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import random
+from dataclasses import dataclass
 from typing import Iterable, List, Tuple
 
 from megatron_dllm.data.addition import AdditionTask
+from megatron_dllm.data.preprocess import preprocess_jsonl
 
 
 def chat_question(task: AdditionTask, a: int, b: int) -> str:
@@ -73,3 +79,36 @@ def write_jsonl_records(path: str, records: Iterable[dict]) -> int:
             handle.write(json.dumps(record) + "\n")
             n += 1
     return n
+
+
+@dataclass
+class AdditionChatData:
+    """What ``build_addition_chat_data`` wrote."""
+
+    sft_prefix: str        # P_sft: SFT conversations of training problems
+    dpo_prefix: str        # P_dpo: preference pairs of training problems
+    sft_test_jsonl: str    # every held-out problem once, as an SFT record
+    dpo_test_jsonl: str    # every held-out problem once, as a DPO record
+    sft_conversations: int
+    dpo_pairs: int
+
+
+def build_addition_chat_data(out_dir: str, tokenizer_model: str, task: AdditionTask, *,
+                             sft_count: int = 20_000, dpo_count: int = 5_000, seed: int = 0,
+                             chat_template: str = "auto") -> AdditionChatData:
+    """Write the task's SFT and DPO JSON lines under ``out_dir`` (training problems: ``sft.jsonl``,
+    ``dpo.jsonl``; held-out: ``sft_test.jsonl``, ``dpo_test.jsonl``) and preprocess the training
+    files into ``out_dir/addition_sft`` and ``out_dir/addition_dpo`` (seeds seed + 1, seed + 2)."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {name: os.path.join(out_dir, f"{name}.jsonl")
+             for name in ("sft", "dpo", "sft_test", "dpo_test")}
+    write_jsonl_records(paths["sft"], sft_records(task, sft_count, seed=seed + 1))
+    write_jsonl_records(paths["dpo"], dpo_records(task, dpo_count, seed=seed + 2))
+    write_jsonl_records(paths["sft_test"], sft_records(task, 0, split="test"))
+    write_jsonl_records(paths["dpo_test"], dpo_records(task, 0, seed=seed + 3, split="test"))
+    stats = {fmt: preprocess_jsonl(paths[fmt], tokenizer_model, os.path.join(out_dir, "addition"),
+                                   format=fmt, chat_template=chat_template, log=io.StringIO())
+             for fmt in ("sft", "dpo")}
+    return AdditionChatData(stats["sft"].output_prefix, stats["dpo"].output_prefix,
+                            paths["sft_test"], paths["dpo_test"], stats["sft"].documents,
+                            stats["dpo"].documents)

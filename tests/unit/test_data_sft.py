@@ -407,3 +407,21 @@ def test_addition_sft_data_supervises_exactly_the_answer(tok, tmp_path):
         assert ids[:len(prompt)] == prompt and not any(loss[:len(prompt)])
         assert all(loss[len(prompt):]) and ids[-1] == tok.eod_id
         assert tok.decode(ids[len(prompt):-1]) == answer
+
+
+def test_build_addition_chat_data(tok, tmp_path):
+    from megatron_dllm.data.addition_chat import build_addition_chat_data
+    from megatron_dllm.data.sft_dataset import DPOPairDataset, SFTDataset
+
+    task = AdditionTask(max_digits=2, num_test=30, seed=0)
+    data = build_addition_chat_data(str(tmp_path / "chat"), tok.path, task, sft_count=40,
+                                    dpo_count=20, seed=5)
+    assert (data.sft_prefix, data.dpo_prefix) == (str(tmp_path / "chat" / "addition_sft"),
+                                                  str(tmp_path / "chat" / "addition_dpo"))
+    assert (data.sft_conversations, data.dpo_pairs) == (40, 20)
+    with open(data.sft_test_jsonl) as handle:
+        held_out = [json.loads(line)["messages"][0]["content"] for line in handle]
+    assert held_out == [f"What is {a:02d}+{b:02d}?" for a, b in task.test_problems()]
+    sft = SFTDataset(data.sft_prefix, 128, tok.eod_id, block_size=32)
+    assert sum(len(sft.window(i)) for i in range(len(sft))) == 40
+    assert len(DPOPairDataset(data.dpo_prefix, 64, tok.eod_id)) == 20

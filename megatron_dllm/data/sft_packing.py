@@ -52,8 +52,8 @@ def pack_greedy(lengths: Sequence[int], seq_length: int) -> numpy.ndarray:
     """
     bounds: List[int] = [0]
     used = 0
-    for i, length in enumerate(lengths):
-        length = min(int(length), seq_length)
+    for i, length in enumerate(numpy.minimum(numpy.asarray(lengths, dtype=numpy.int64),
+                                             seq_length).tolist()):
         if used and used + length > seq_length:
             bounds.append(i)
             used = 0

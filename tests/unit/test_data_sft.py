@@ -104,6 +104,23 @@ def test_prompt_ids_are_the_unsupervised_prefix_of_the_conversation(tok, templat
     assert all(m == 0 for m in mask[len(tok.encode("bad")) + 1:first_loss][-3:])
 
 
+def test_llama3_style_template_with_bos_and_trim(tok):
+    """A template of the common shape: BOS from the special tokens, contents trimmed, the turn's
+    end marker after each message, a header as the generation prompt."""
+    template = JinjaChatTemplate(
+        "{% for m in messages %}{% set content = '<|h|>' + m['role'] + '<|/h|>\n\n' + "
+        "m['content'] | trim + '<|eot|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + "
+        "content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+        "{{ '<|h|>assistant<|/h|>\n\n' }}{% endif %}", "llama3", {"bos_token": "<s>"})
+    messages = [_user(" bad "), _assistant("fig "), _user("dig"), _assistant("jam")]
+    assert template.render(messages[:1], True) == (
+        "<s><|h|>user<|/h|>\n\nbad<|eot|><|h|>assistant<|/h|>\n\n")
+    assert encode_conversation(tok, template, messages) == _reference(tok, [
+        ("<s><|h|>user<|/h|>\n\nbad<|eot|><|h|>assistant<|/h|>\n\n", 0), ("fig<|eot|>", 1),
+        ("<|h|>user<|/h|>\n\ndig<|eot|><|h|>assistant<|/h|>\n\n", 0), ("jam<|eot|>", 1),
+        (None, 1)])
+
+
 def test_template_that_rewrites_earlier_turns_is_refused(tok):
     rewriting = JinjaChatTemplate(
         "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}[old]"

@@ -18,7 +18,7 @@ created) behind.
 assistant replies and the EOD ending each, 0 on prompts). --format dpo: each line {"prompt": ...,
 "chosen": ..., "rejected": ...}; writes PREFIX_dpo_tokens / PREFIX_dpo_lossmask, document i = pair
 i with sequences 2i (chosen) and 2i+1 (rejected). Conversations are rendered with the tokenizer's
-chat template where it has one, else the plain template "user: ...\nassistant: " (README).
+chat template where it has one, else the plain template "user: ...\\nassistant: " (README).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer-model", required=True, metavar="PATH",
                         help="sentencepiece .model, HF tokenizer.json, or a directory holding one")
     parser.add_argument("--output-prefix", required=True, metavar="PREFIX",
-                        help="output path prefix; writes PREFIX_<json-key>_document.bin/.idx")
+                        help="output path prefix; writes PREFIX_<json-key>_document.bin/.idx (pretrain), PREFIX_sft_* or PREFIX_dpo_*")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="tokenising processes (default: 1); output is identical for any N")
     parser.add_argument("--append-eod", action=argparse.BooleanOptionalAction, default=None,

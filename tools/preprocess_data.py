@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer-model", required=True, metavar="PATH",
                         help="sentencepiece .model, HF tokenizer.json, or a directory holding one")
     parser.add_argument("--output-prefix", required=True, metavar="PREFIX",
-                        help="output path prefix; writes PREFIX_<json-key>_document.bin/.idx (pretrain), PREFIX_sft_* or PREFIX_dpo_*")
+                        help="output path prefix; writes PREFIX_<json-key>_document.bin/.idx "
+                             "(pretrain), PREFIX_sft_* or PREFIX_dpo_*")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="tokenising processes (default: 1); output is identical for any N")
     parser.add_argument("--append-eod", action=argparse.BooleanOptionalAction, default=None,

@@ -319,8 +319,13 @@ class LoggingConfig:
         None, "JSON-lines metrics file (default: <save or tensorboard-dir>/metrics.jsonl).")
 
 
-def validate(model: ModelConfig, parallel: ParallelConfig, world_size: Optional[int] = None) -> None:
-    """Check a model / parallel configuration before any compute; raise ConfigError naming the fix."""
+def validate(model: ModelConfig, parallel: ParallelConfig, world_size: Optional[int] = None,
+             context_parallel: bool = False) -> None:
+    """Check a model / parallel configuration before any compute; raise ConfigError naming the fix.
+
+    ``context_parallel``: the caller handles CP > 1 (the model itself does: ``model/context_parallel.py``;
+    the training, generation and conversion paths do not yet, so they leave it False).
+    """
     tp = parallel.tensor_model_parallel_size
     pp = parallel.pipeline_model_parallel_size
     ep = parallel.expert_model_parallel_size
@@ -332,7 +337,7 @@ def validate(model: ModelConfig, parallel: ParallelConfig, world_size: Optional[
         value = getattr(parallel, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {value} must be >= 1 (or left out)")
-    if parallel.context_parallel_size != 1:
+    if parallel.context_parallel_size != 1 and not context_parallel:
         raise ConfigError("context parallelism is not supported yet: use --context-parallel-size 1")
     if model.num_attention_heads % tp:
         raise ConfigError(

@@ -40,7 +40,7 @@ def build_model(
     (``model/init.py``); otherwise Megatron-Core's layout-dependent initialisation is kept.
     ``execution``: recompute, layer implementation and FP8 (``Execution``).
     """
-    validate(model_cfg, parallel_cfg)
+    validate(model_cfg, parallel_cfg, context_parallel=True)
     if meta and model_cfg.moe_grouped_gemm and not execution.use_transformer_engine:
         # Counting / planning only: grouped-GEMM experts hold the parameters of one linear pair per
         # expert, which the local layers build without TE.

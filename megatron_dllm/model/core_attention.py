@@ -22,6 +22,11 @@ All backends compute the same function; tests compare them with a float64 refere
 KV cache (decoding): when ``decode_cache`` is set, the keys / values of this call are appended to
 the cached ones of earlier committed blocks (see ``megatron_dllm.generate.kv_cache``) and the mask
 is ``[b, sq, cached + sq]``.
+
+Context parallelism (``context_parallel_size`` > 1, ``model/context_parallel.py``): the query rows
+are this rank's rows of the input (``cp_split``, set per forward by ``DiffusionGPTModel``); keys and
+values are all-gathered over the CP group into input order, so the mask is ``[.., rows, S]``: this
+rank's rows of the one-rank mask. An explicit mask is required (also for causal layers).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 
 from megatron_dllm.model import sparse_sdpa
+from megatron_dllm.model.context_parallel import gather_keys
 
 BACKENDS = ("auto", "sdpa", "flex", "te")
 
@@ -107,8 +113,12 @@ class DiffusionCoreAttention(MegatronModule):
         backend: str = "auto",
     ):
         super().__init__(config=config)
-        if config.context_parallel_size != 1:
-            raise ValueError("DiffusionCoreAttention does not support context parallelism yet")
+        if config.context_parallel_size != 1 and backend == "te":
+            raise ValueError("attention backend 'te' under context parallelism: TE's CP assumes a causal or "
+                             "full mask; choose --dllm-attention-backend sdpa|flex|auto")
+        self.cp_group = getattr(pg_collection, "cp", None) if pg_collection is not None else None
+        # Set by DiffusionGPTModel.forward under context parallelism (this step's ContextParallelSplit).
+        self.cp_split = None
         self.layer_number = max(1, layer_number)
         self.attn_mask_type = attn_mask_type
         self.requested_backend = backend
@@ -140,6 +150,21 @@ class DiffusionCoreAttention(MegatronModule):
             pg_collection=pg_collection,
         )
 
+    def _gather_context(self, key, value, causal: bool):
+        if causal:
+            raise ValueError("context parallelism needs an explicit attention mask (this rank's rows x all keys), "
+                             "also for a causal layer")
+        if self.decode_cache is not None:
+            raise ValueError("KV-cached decoding does not support context parallelism: decode with CP 1")
+        if self.cp_split is None:
+            raise ValueError("context parallelism: no CP split set; call the model with cp_split= "
+                             "(megatron_dllm.model.context_parallel.ContextParallelSplit)")
+        if self.cp_group is None:
+            from megatron.core import parallel_state
+
+            self.cp_group = parallel_state.get_context_parallel_group()
+        return gather_keys(key, self.cp_split, self.cp_group), gather_keys(value, self.cp_split, self.cp_group)
+
     def forward(
         self,
         query: torch.Tensor,
@@ -158,6 +183,8 @@ class DiffusionCoreAttention(MegatronModule):
                 "attention_mask is None but this layer is not causal: a dLLM layer needs an explicit "
                 "mask (megatron_dllm.diffusion.masks); refusing to fall back to a causal mask"
             )
+        if self.config.context_parallel_size > 1:
+            key, value = self._gather_context(key, value, causal)
         if self.decode_cache is not None:
             key, value = self.decode_cache.extend(self.layer_number, key, value)
         backend = resolve_backend(self.requested_backend, query.device.type)

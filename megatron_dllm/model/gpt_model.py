@@ -14,6 +14,8 @@ import torch
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 from megatron.core.models.gpt import GPTModel
 
+from megatron_dllm.model.core_attention import DiffusionCoreAttention
+
 
 class PositionedRotaryEmbedding(RotaryEmbedding):
     """RotaryEmbedding that looks positions up in its table instead of assuming 0..s-1.
@@ -30,11 +32,15 @@ class PositionedRotaryEmbedding(RotaryEmbedding):
         positions = self.positions
         if positions is None:
             return super().forward(max_seq_len, offset, packed_seq, cp_group)
-        if positions.shape[-1] != max_seq_len:
+        group = cp_group if cp_group is not None else self.cp_group
+        cp = group.size() if group is not None else 1
+        # Under context parallelism max_seq_len is the whole input (local length x CP) and the
+        # positions are this rank's rows: look them up, no further slicing.
+        if positions.shape[-1] * cp != max_seq_len:
             raise ValueError(
-                f"position_ids cover {positions.shape[-1]} tokens but the model sees {max_seq_len}"
+                f"position_ids cover {positions.shape[-1]} tokens but the model sees {max_seq_len // cp}"
             )
-        table = super().forward(self.table_len)[:, 0, 0, :]  # [T, rot_dim]
+        table = self.get_emb(self.table_len)[:, 0, 0, :]  # [T, rot_dim], the stock table unsliced
         return table[positions.transpose(0, 1).to(table.device)].unsqueeze(2)
 
 
@@ -58,6 +64,7 @@ class DiffusionGPTModel(GPTModel):
         self.rotary_pos_emb.__class__ = PositionedRotaryEmbedding
         self.rotary_pos_emb.table_len = self.max_sequence_length
         self._logits_index = None
+        self._core_attention = [m for m in self.modules() if isinstance(m, DiffusionCoreAttention)]
         if self.post_process:
             self.output_layer.register_forward_pre_hook(self._select_before_output_layer)
             self.output_layer.register_forward_hook(self._select_after_output_layer)
@@ -76,17 +83,30 @@ class DiffusionGPTModel(GPTModel):
         return logits.index_select(0, self._logits_index.to(logits.device)), bias
 
     def forward(self, input_ids, position_ids, attention_mask, *args, logits_prefix=None,
-                logits_index=None, **kwargs):
-        """Stock GPTModel.forward; ``position_ids [b, s]`` also drive RoPE when given."""
+                logits_index=None, cp_split=None, **kwargs):
+        """Stock GPTModel.forward; ``position_ids [b, s]`` also drive RoPE when given.
+
+        Under context parallelism ``input_ids`` / ``position_ids`` are this rank's rows of the input,
+        ``attention_mask`` its rows of the one-rank mask (``[.., rows, S]``) and ``cp_split`` the
+        :class:`~megatron_dllm.model.context_parallel.ContextParallelSplit` they were cut with;
+        ``logits_index`` then indexes the local rows.
+        """
         if logits_prefix is not None:
             if logits_index is not None:
                 raise ValueError("give logits_prefix or logits_index, not both")
             logits_index = torch.arange(logits_prefix)
+        if (cp_split is not None) != (self.config.context_parallel_size > 1):
+            raise ValueError(f"context_parallel_size is {self.config.context_parallel_size}: pass cp_split "
+                             "exactly when it is > 1")
         rope = self.rotary_pos_emb
         rope.positions = position_ids
         self._logits_index = logits_index
+        for module in self._core_attention:
+            module.cp_split = cp_split
         try:
             return super().forward(input_ids, position_ids, attention_mask, *args, **kwargs)
         finally:
             rope.positions = None
             self._logits_index = None
+            for module in self._core_attention:
+                module.cp_split = None

@@ -127,6 +127,21 @@ def test_backend_mismatch_errors():
         sdpa(q, k, v, allowed.float())
 
 
+def test_context_parallel_misuse_is_a_clear_error():
+    import dataclasses
+
+    q, k, v, allowed = _random_case(0)
+    config = dataclasses.replace(_config(), context_parallel_size=2)
+    with pytest.raises(ValueError, match="attention backend 'te' under context parallelism"):
+        DiffusionCoreAttention(config, 1, AttnMaskType.arbitrary, "self", backend="te")
+    attn = DiffusionCoreAttention(config, 1, AttnMaskType.arbitrary, "self", backend="sdpa")
+    with pytest.raises(ValueError, match="no CP split set; call the model with cp_split="):
+        attn(q, k, v, allowed)
+    causal = DiffusionCoreAttention(config, 1, AttnMaskType.causal, "self", backend="sdpa")
+    with pytest.raises(ValueError, match="context parallelism needs an explicit attention mask"):
+        causal(q, k, v, None)
+
+
 def test_backend_resolution():
     assert resolve_backend("auto", "cpu") == "sdpa"
     assert resolve_backend("auto", "cuda") == "flex"

@@ -37,12 +37,11 @@ def _ranges(tiles: torch.Tensor, tile: int) -> List[Tuple[int, int]]:
 
 
 def plan_one(allowed: torch.Tensor, tile: int, dtype: torch.dtype) -> Plan:
-    """Tile plan of one [S, S] bool mask: per query tile, its key ranges and additive mask slice."""
-    S = allowed.shape[-1]
-    n = S // tile
-    any_tile = allowed.view(n, tile, n, tile).any(dim=3).any(dim=1)
+    """Tile plan of one [Sq, Sk] bool mask: per query tile, its key ranges and additive mask slice."""
+    n_q, n_k = allowed.shape[-2] // tile, allowed.shape[-1] // tile
+    any_tile = allowed.view(n_q, tile, n_k, tile).any(dim=3).any(dim=1)
     plan: Plan = []
-    for i in range(n):
+    for i in range(n_q):
         ranges = _ranges(any_tile[i], tile)
         rows = allowed[i * tile:(i + 1) * tile]
         sub = torch.cat([rows[:, a:b] for a, b in ranges], dim=1)
@@ -52,14 +51,16 @@ def plan_one(allowed: torch.Tensor, tile: int, dtype: torch.dtype) -> Plan:
 
 
 def usable(mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> bool:
-    """True when the tiled path applies: CPU, square self-attention, long enough, tile-aligned."""
-    S = q.shape[2]
-    return (q.device.type == "cpu" and mask.dim() == 4 and mask.shape[1] == 1 and k.shape[2] == S
-            and S >= MIN_LENGTH and S % TILE == 0 and mask.shape[-1] == S and mask.shape[-2] == S)
+    """True when the tiled path applies: CPU, enough keys, tile-aligned queries and keys.
+
+    Queries and keys may differ in number (a context-parallel rank's rows against all keys)."""
+    sq, sk = q.shape[2], k.shape[2]
+    return (q.device.type == "cpu" and mask.dim() == 4 and mask.shape[1] == 1 and sk >= MIN_LENGTH
+            and sq % TILE == 0 and sk % TILE == 0 and mask.shape[-2] == sq and mask.shape[-1] == sk)
 
 
 def plans_for(mask: torch.Tensor, dtype: torch.dtype) -> List[Plan]:
-    """One plan per mask row of the batch (mask [b or 1, 1, S, S] bool), cached per mask tensor.
+    """One plan per mask row of the batch (mask [b or 1, 1, Sq, Sk] bool), cached per mask tensor.
 
     The cache holds the tensor the 4-d view was taken from (the cached mask of ``diffusion.masks``),
     weakly: a plan lives as long as its mask.
@@ -77,7 +78,7 @@ def plans_for(mask: torch.Tensor, dtype: torch.dtype) -> List[Plan]:
 
 def run_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, scale: float,
              tile: int = TILE) -> torch.Tensor:
-    """Attention of q [n, h, S, d] over k / v [n, h, S, d] following one tile plan -> [n, h, S, d]."""
+    """Attention of q [n, h, Sq, d] over k / v [n, h, Sk, d] following one tile plan -> [n, h, Sq, d]."""
     outs = []
     for i, (ranges, sub_mask) in enumerate(plan):
         if len(ranges) == 1:
@@ -92,7 +93,8 @@ def run_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, scal
 
 
 def sparse_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """q, k, v [b, h, S, d] (same heads), mask [b or 1, 1, S, S] bool (True = may attend) -> [b, h, S, d]."""
+    """q [b, h, Sq, d], k / v [b, h, Sk, d] (same heads), mask [b or 1, 1, Sq, Sk] bool (True = may
+    attend) -> [b, h, Sq, d]."""
     plans = plans_for(mask, q.dtype)
     if len(plans) == 1:  # one mask for the whole batch
         return run_plan(q, k, v, plans[0], scale)

@@ -197,6 +197,34 @@ def test_block_sparse_cpu_path_matches_reference_and_skips_tiles(seed):
     assert torch.equal(out2[hidden], out.detach()[hidden])
 
 
+def test_block_sparse_path_for_some_query_rows_against_all_keys():
+    """A context-parallel rank's view: its 256 query rows (two 128-row chunks from far apart) against
+    all 2L keys; the tiled path equals the same rows of the one-rank output, gradients included."""
+    from megatron_dllm.model import sparse_sdpa
+
+    L = 384
+    allowed = _bd_doc_mask(L, 32, 3)[0]  # [2L, 2L]
+    rows = torch.cat([torch.arange(128, 256), torch.arange(512, 640)])
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2 * L, 1, 4, 8, generator=gen)
+    k = torch.randn(2 * L, 1, 2, 8, generator=gen)
+    v = torch.randn(2 * L, 1, 2, 8, generator=gen)
+    attn = DiffusionCoreAttention(_config(), 1, AttnMaskType.arbitrary, "self", backend="sdpa")
+    local_mask = allowed[rows][None].contiguous()  # [1, 256, 2L]
+    assert sparse_sdpa.usable(local_mask[:, None], q[rows].permute(1, 2, 0, 3), k.permute(1, 2, 0, 3))
+    leaves = [q[rows].clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_()]
+    out = attn(*leaves, local_mask)
+    full = [x.double().clone().requires_grad_() for x in (q, k, v)]
+    ref = _reference(*full, allowed[None])[rows]
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+    weight = torch.randn(out.shape, generator=gen)
+    (out * weight).sum().backward()
+    (ref * weight.double()).sum().backward()
+    torch.testing.assert_close(leaves[0].grad.double(), full[0].grad[rows], rtol=1e-4, atol=1e-5)
+    for got, want in zip(leaves[1:], full[1:]):
+        torch.testing.assert_close(got.grad.double(), want.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_block_sparse_path_with_per_row_documents():
     from megatron_dllm.diffusion import masks
 

@@ -167,16 +167,32 @@ def _docs_from_key(key, device) -> Optional[torch.Tensor]:
 # Materialisers
 
 
+def _rows_key(query_rows: Optional[torch.Tensor], n: int):
+    if query_rows is None:
+        return None
+    rows = query_rows.detach().to(device="cpu", dtype=torch.int64).reshape(-1).contiguous()
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n):
+        raise ValueError(f"query_rows must index the {n} positions of the mask")
+    return rows.numpy().tobytes()
+
+
+def _rows_from_key(rows_key, n: int, device) -> torch.Tensor:
+    if rows_key is None:
+        return torch.arange(n, device=device)
+    return torch.frombuffer(bytearray(rows_key), dtype=torch.int64).to(device)
+
+
 @functools.lru_cache(maxsize=8)
-def _dense_cached(kind: str, seq_len: int, block_size: Optional[int], docs_key, device: str):
+def _dense_cached(kind: str, seq_len: int, block_size: Optional[int], docs_key, device: str, rows_key=None):
     docs = _docs_from_key(docs_key, device)
     mod = make_mask_mod(kind, seq_len, block_size, docs)
     n = mask_length(kind, seq_len)
     idx = torch.arange(n, device=device)
+    rows = _rows_from_key(rows_key, n, device)
     if docs is not None and docs.dim() == 2:
         b = torch.arange(docs.shape[0], device=device).view(-1, 1, 1)
-        return mod(b, None, idx.view(1, n, 1), idx.view(1, 1, n))
-    return mod(None, None, idx.view(n, 1), idx.view(1, n))
+        return mod(b, None, rows.view(1, -1, 1), idx.view(1, 1, n))
+    return mod(None, None, rows.view(-1, 1), idx.view(1, n))
 
 
 def _norm_block_size(kind: str, block_size: Optional[int]) -> Optional[int]:
@@ -185,16 +201,20 @@ def _norm_block_size(kind: str, block_size: Optional[int]) -> Optional[int]:
 
 def dense_mask(kind: str, seq_len: int, block_size: Optional[int] = None,
                document_ids: Optional[torch.Tensor] = None,
-               device: Union[str, torch.device, None] = None) -> torch.Tensor:
+               device: Union[str, torch.device, None] = None,
+               query_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Dense bool mask of ``kind`` (cached): [N, N], or [B, N, N] for document_ids [B, L].
 
     N = 2L for "block_diffusion", L otherwise. ``device`` defaults to document_ids' device, else CPU.
+    ``query_rows`` ([R] positions): only those query rows, [R, N] ([B, R, N]): a context-parallel
+    rank's rows against all keys, without building the N x N mask.
     """
     if device is None:
         device = document_ids.device if document_ids is not None else "cpu"
     block_size = _norm_block_size(kind, block_size)
     _check(kind, seq_len, block_size)
-    return _dense_cached(kind, seq_len, block_size, _docs_key(document_ids), str(torch.device(device)))
+    return _dense_cached(kind, seq_len, block_size, _docs_key(document_ids), str(torch.device(device)),
+                         _rows_key(query_rows, mask_length(kind, seq_len)))
 
 
 def block_diffusion_mask(seq_len: int, block_size: int, document_ids: Optional[torch.Tensor] = None,
@@ -217,30 +237,39 @@ def block_causal_mask(seq_len: int, block_size: int, document_ids: Optional[torc
 
 @functools.lru_cache(maxsize=32)
 def _flex_cached(kind: str, seq_len: int, block_size: Optional[int], docs_key, device: str,
-                 tile_size: int):
+                 tile_size: int, rows_key=None):
     from torch.nn.attention.flex_attention import create_block_mask  # lazy: CUDA path only
 
     docs = _docs_from_key(docs_key, device)
     mod = make_mask_mod(kind, seq_len, block_size, docs)
     n = mask_length(kind, seq_len)
     batch = docs.shape[0] if docs is not None and docs.dim() == 2 else None
-    return create_block_mask(mod, batch, None, n, n, device=device, BLOCK_SIZE=tile_size)
+    if rows_key is None:
+        return create_block_mask(mod, batch, None, n, n, device=device, BLOCK_SIZE=tile_size)
+    rows = _rows_from_key(rows_key, n, device)
+
+    def rows_mod(b, h, q_idx, kv_idx):
+        return mod(b, h, rows[q_idx], kv_idx)
+
+    return create_block_mask(rows_mod, batch, None, rows.numel(), n, device=device, BLOCK_SIZE=tile_size)
 
 
 def flex_block_mask(kind: str, seq_len: int, block_size: Optional[int] = None,
                     document_ids: Optional[torch.Tensor] = None,
-                    device: Union[str, torch.device, None] = None, tile_size: int = 128):
+                    device: Union[str, torch.device, None] = None, tile_size: int = 128,
+                    query_rows: Optional[torch.Tensor] = None):
     """FlexAttention ``BlockMask`` of ``kind`` (cached), for q / k / v of length N (2L for BD).
 
     Batch dimension B for document_ids [B, L], else broadcast (1); heads broadcast. ``tile_size``
-    is FlexAttention's sparse block size (128 on CUDA).
+    is FlexAttention's sparse block size (128 on CUDA). ``query_rows`` ([R] positions): queries are
+    only those rows (a context-parallel rank's), keys all N.
     """
     if device is None:
         device = document_ids.device if document_ids is not None else "cpu"
     block_size = _norm_block_size(kind, block_size)
     _check(kind, seq_len, block_size)
     return _flex_cached(kind, seq_len, block_size, _docs_key(document_ids),
-                        str(torch.device(device)), tile_size)
+                        str(torch.device(device)), tile_size, _rows_key(query_rows, mask_length(kind, seq_len)))
 
 
 def clear_mask_cache() -> None:

@@ -199,3 +199,26 @@ def test_flex_block_mask_agrees_with_dense(kind):
 def test_flex_block_mask_is_cached():
     a = M.flex_block_mask("block_diffusion", 8, 2, tile_size=8)
     assert M.flex_block_mask("block_diffusion", 8, 2, tile_size=8) is a
+
+
+@pytest.mark.parametrize("kind", ["block_diffusion", "bidirectional", "block_causal"])
+def test_query_rows_are_the_rows_of_the_full_mask(kind):
+    """A context-parallel rank's mask: its rows of the one-rank mask, dense and FlexAttention."""
+    from megatron_dllm.diffusion.masks import dense_mask, flex_block_mask, mask_length
+
+    L, block = 32, 4
+    size = None if kind == "bidirectional" else block
+    docs = torch.tensor([[0] * 10 + [1] * 22, [0] * 20 + [1] * 12])
+    rows = torch.tensor([3, 17, 0, mask_length(kind, L) - 1, 8])
+    full = dense_mask(kind, L, size, docs)
+    assert torch.equal(dense_mask(kind, L, size, docs, query_rows=rows), full[:, rows])
+    assert torch.equal(dense_mask(kind, L, size, docs[0], query_rows=rows), dense_mask(kind, L, size, docs[0])[rows])
+    flex = flex_block_mask(kind, L, size, docs, tile_size=8, query_rows=rows)
+    assert flex.shape[-2:] == (len(rows), mask_length(kind, L))
+    q = torch.arange(len(rows)).view(1, -1, 1)
+    kv = torch.arange(mask_length(kind, L)).view(1, 1, -1)
+    got = flex.mask_mod(torch.arange(2).view(-1, 1, 1), None, q, kv)
+    assert torch.equal(got, full[:, rows])
+    with pytest.raises(ValueError, match="query_rows must index the 64 positions"
+                       if kind == "block_diffusion" else "query_rows must index the 32 positions"):
+        dense_mask(kind, L, size, docs, query_rows=torch.tensor([mask_length(kind, L)]))

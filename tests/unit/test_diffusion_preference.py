@@ -271,6 +271,8 @@ def test_dpo_estimate_equals_brute_force_composition():
     policy, reference, batch = toy_setting(0.1)
     sampling = VR.naive(2)
     out = DE.dpo_estimate(policy, reference, batch, sampling, 0.2, MASK_ID, seed=1, iteration=4)
+    again = DE.dpo_estimate(policy, reference, batch, sampling, 0.2, MASK_ID, seed=1, iteration=4)
+    assert torch.equal(out.loss, again.loss) and torch.equal(out.kl, again.kl)
     noise = VR.preference_noise(batch.pair_indices, 12, sampling, 1, 4)
     b = {}
     for role in VR.ROLES:
@@ -327,3 +329,27 @@ def test_estimate_errors():
         DE.loss_variance(policy, reference, batch, VR.vrpo(1), 0.1, MASK_ID, repeats=1)
     with pytest.raises(ValueError, match=r"^scorer returned shape \(6, 11\), expected \(6, 12\)$"):
         DE.dpo_estimate(lambda xt, y: policy(xt, y)[:, :11], reference, batch, VR.vrpo(1), 0.1, MASK_ID, 0, 0)
+
+
+def test_variance_ratio_interval_equals_a_hand_written_bootstrap():
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(30, generator=g, dtype=torch.float64) * 2
+    imp = torch.randn(25, generator=g, dtype=torch.float64)
+    lv = [DE.LossVariance(losses=x, mean=float(x.mean()), variance=float(x.var())) for x in (base, imp)]
+    lo, hi = DE.variance_ratio_interval(lv[0], lv[1], level=0.8, resamples=50, seed=9)
+    gen = torch.Generator().manual_seed(9)
+    ratios = []
+    for _ in range(50):
+        a = base[torch.randint(0, 30, (30,), generator=gen)]
+        b = imp[torch.randint(0, 25, (25,), generator=gen)]
+        ratios.append(float(a.var()) / float(b.var()))
+    ratios.sort()
+    # linear-interpolated 10% / 90% quantiles of 50 values: positions 4.9 and 44.1
+    want_lo = ratios[4] + 0.9 * (ratios[5] - ratios[4])
+    want_hi = ratios[44] + 0.1 * (ratios[45] - ratios[44])
+    assert lo == pytest.approx(want_lo, rel=1e-12) and hi == pytest.approx(want_hi, rel=1e-12)
+    assert lo < DE.variance_ratio(lv[0], lv[1]) < hi
+    zero = DE.LossVariance(losses=torch.zeros(4, dtype=torch.float64), mean=0.0, variance=0.0)
+    assert DE.variance_ratio_interval(lv[0], zero) == (float("inf"), float("inf"))
+    with pytest.raises(ValueError, match=r"^variance_ratio_interval: level must be in \(0, 1\), got 1.0$"):
+        DE.variance_ratio_interval(lv[0], lv[1], level=1.0)

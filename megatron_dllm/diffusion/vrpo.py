@@ -20,6 +20,11 @@ generator per pair in a fixed order (for each independent noise source: t jitter
 [n, L] uniforms), so every TP / PP rank that holds the pair draws the same noise without
 communication, and the noise of a pair depends on nothing but (seed, pair index, iteration), the
 sampling and L. Draws happen on the CPU.
+
+Reference ELBOs cached per pair (instead of a reference forward every step) keep VRPO's
+cancellation only if the policy sees the noise the cache was computed with: draw with a fixed
+iteration (e.g. 0, or the epoch) for both. All n draws and both responses of a pair must reach the
+DPO loss together (it is non-linear in the ELBOs), so a micro-batch holds whole pairs.
 """
 
 from __future__ import annotations

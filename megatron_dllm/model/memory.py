@@ -307,7 +307,9 @@ def check_layout(model_cfg: ModelConfig, parallel: ParallelConfig, opts: PlanOpt
 
 
 def _micro_batch_size(opts: PlanOptions, layout: str) -> int:
-    return (opts.bd_micro_batch_size or opts.micro_batch_size) if layout == "bd" else opts.micro_batch_size
+    from megatron_dllm.objectives import objective_type
+
+    return objective_type(layout).micro_batch_size_of(opts.micro_batch_size, opts.bd_micro_batch_size)
 
 
 def _num_microbatches(opts: PlanOptions, layout: str) -> Optional[int]:
@@ -319,8 +321,10 @@ def _num_microbatches(opts: PlanOptions, layout: str) -> Optional[int]:
 def _activation_bytes(model_cfg, parallel, opts, moe_layers, pp_rank, layout):
     """(peak activation bytes of rank ``pp_rank``, of which the loss transient) for ``layout``."""
     tp = parallel.tensor_model_parallel_size
+    from megatron_dllm.objectives import objective_type
+
     L = opts.seq_length or model_cfg.seq_length
-    bd = layout == "bd"
+    bd = objective_type(layout).streams == 2  # [xt ; x0]
     env = activations.ActivationEnv(
         tp=tp, etp=parallel.expert_tensor_parallel_size or tp, sequence_parallel=parallel.sequence_parallel,
         act_bytes=2 if opts.bf16 else 4, fused_norm=opts.device == "cuda",

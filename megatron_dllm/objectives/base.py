@@ -77,6 +77,11 @@ class Objective:
     causal: ClassVar[bool] = False   # the model is built with a causal attention mask type
     uses_mask_token: ClassVar[bool] = True
 
+    @classmethod
+    def micro_batch_size_of(cls, micro_batch_size: int, bd_micro_batch_size: Optional[int]) -> int:
+        """The micro-batch size of this objective's steps (--micro-batch-size / --dllm-bd-micro-batch-size)."""
+        return micro_batch_size
+
     @property
     def model_seq_length(self) -> int:
         """Tokens per row of the model input."""

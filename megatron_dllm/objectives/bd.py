@@ -54,9 +54,14 @@ class BlockDiffusionObjective(DiffusionObjective):
         settings = diffusion_settings(run, mask_token_id, device, backend)
         schedule = cls.block_schedule(run)
         stable = MdlmObjective(schedule=schedule, **settings)
-        settings["micro_batch_size"] = d.bd_micro_batch_size or run.training.micro_batch_size
+        settings["micro_batch_size"] = cls.micro_batch_size_of(run.training.micro_batch_size, d.bd_micro_batch_size)
         return cls(schedule=schedule, clean_stream_causal=d.clean_stream_causal, ar_loss_weight=d.ar_loss_weight,
                    stable=stable, **settings)
+
+    @classmethod
+    def micro_batch_size_of(cls, micro_batch_size: int, bd_micro_batch_size: Optional[int]) -> int:
+        """--dllm-bd-micro-batch-size when given (the input is 2L), else --micro-batch-size."""
+        return bd_micro_batch_size or micro_batch_size
 
     def at_block(self, block_size: int) -> Objective:
         if block_size < self.seq_length:

@@ -1,7 +1,8 @@
 """The pretraining loop: one function per stage, no math of its own (STYLE.md 8).
 
-    setup -> [ block size from the curriculum -> micro-batches -> forward/backward -> checked update
-               -> log / eval / save ]*
+    setup -> [ the step's objective and block size from the curriculum -> micro-batches
+               (data/microbatches.py) -> forward/backward (the objective's forward step and loss,
+               objectives/) -> checked update -> log / eval / save ]*
 
 The curriculum position is the count of consumed tokens, which checkpoints store (a resume with
 another --seq-length continues where the run was). A NaN / Inf loss or gradient norm skips the update

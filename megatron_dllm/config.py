@@ -157,8 +157,10 @@ class DiffusionConfig:
 
     objective: str = _f(
         "mdlm", "mdlm: full-sequence masked diffusion; bd: block diffusion following "
-        "--dllm-block-schedule; ar: causal AR baseline with next-token labels.",
-        choices=["mdlm", "bd", "ar"], flag="--dllm-objective")
+        "--dllm-block-schedule; ar: causal AR baseline with next-token labels; sft: supervised fine-tuning "
+        "on conversations (block diffusion at --dllm-sft-block-size, prompt never masked, complementary "
+        "masks, t in [0.3, 0.8] by default).",
+        choices=["mdlm", "bd", "ar", "sft"], flag="--dllm-objective")
     block_schedule: Optional[str] = _f(
         None, "Block-size curriculum (grammar in megatron_dllm.diffusion.curriculum), e.g. "
         "'warmup:1@2M,4@2M;stable:L@20M;decay:32@2M'. Needed by --dllm-objective bd.",
@@ -211,6 +213,13 @@ class DiffusionConfig:
     t_buckets: int = _f(5, "Number of t buckets for per-t loss logging.", flag="--dllm-t-buckets")
     eval_t_points: int = _f(5, "Fixed stratified t values of the validation ELBO.",
                             flag="--dllm-eval-t-points")
+    sft_block_size: Optional[int] = _f(
+        None, "SFT: the one block size of the [xt ; x0] layout; conversations are padded with supervised "
+        "EOS to a multiple of it (default 32, LLaDA2.0).", flag="--dllm-sft-block-size")
+    cap_weight: float = _f(
+        0.0, "SFT: weight lambda of the CAP confidence term (METHOD.md 6.4; entropy of the correctly "
+        "predicted masked tokens, divided by the SFT loss's normaliser; dFactory recommends 2.0; 0 = off).",
+        flag="--dllm-cap-weight")
 
 
 @dataclass

@@ -97,6 +97,11 @@ NOT_SUPPORTED: Dict[str, Tuple[object, str]] = {
     "--inference-max-requests": (1, _RL),
 }
 
+# Megatron-LM flags that name one of our settings: flag -> the flags it stands for
+ALIASES: Dict[str, List[str]] = {
+    "--sft": ["--dllm-objective", "sft"],  # Megatron-LM's SFT switch of pretrain_gpt.py
+}
+
 # (flag, value) pairs of real flags whose value is another fork's or format's
 NOT_SUPPORTED_VALUES: Dict[Tuple[str, str], str] = {
     ("--optimizer", "adamw-bnb-8bit"): "bitsandbytes 8-bit Adam (a fork's optimizer): use --optimizer adam",
@@ -134,6 +139,8 @@ def check_value(flag: str, value: str) -> None:
 def split_argv(argv: List[str]) -> Tuple[List[str], List[str]]:
     """(argv without the accepted-no-effect flags, one 'FLAG [VALUE] (why)' line per accepted flag).
 
+    An alias (``ALIASES``: Megatron-LM's ``--sft``) is replaced by the flags it stands for.
+
     Raises ConfigError ``not supported: FLAG (why)`` for the first flag of NOT_SUPPORTED, or for a
     value of NOT_SUPPORTED_VALUES / outside an accepted flag's allowed values.
     """
@@ -145,6 +152,10 @@ def split_argv(argv: List[str]) -> Tuple[List[str], List[str]]:
         flag, inline = token.split("=", 1) if token.startswith("--") and "=" in token else (token, None)
         if flag in NOT_SUPPORTED:
             raise ConfigError(f"not supported: {flag} ({NOT_SUPPORTED[flag][1]})")
+        if flag in ALIASES and inline is None:
+            rest += ALIASES[flag]
+            i += 1
+            continue
         if flag in ACCEPTED:
             nargs, allowed, why = ACCEPTED[flag]
             values, i = _values(argv, i, nargs, inline)

@@ -343,6 +343,8 @@ def build_datasets(
     mask_token_id: Optional[int] = None,
     token_vocab_size: Optional[int] = None,
     is_built_on_rank: Optional[Callable[[], bool]] = None,
+    chat_format: Optional[str] = None,
+    block_size: int = 32,
 ) -> Tuple[Optional[SamePositionDataset], Optional[SamePositionDataset], Optional[SamePositionDataset]]:
     """Build the train, valid and test datasets (None where the split weight or its sample count is 0).
 
@@ -366,6 +368,9 @@ def build_datasets(
             tokenizer's vocabulary size); checked once here, a pass over each file.
         is_built_on_rank: Megatron's hook; default every rank builds (each DP rank reads its own
             samples). Ranks where it returns False get None.
+        chat_format: "sft": ``cfg.data_path`` is a ``--format sft`` prefix and the datasets are
+            ``SFTDataset``s (``MockSFTDataset``s with mock data) whose conversations are padded to a
+            multiple of ``block_size`` (``data/sft_splits.py``; no collective, no Megatron index).
 
     Returns:
         (train, valid, test): SamePositionDataset or None each.
@@ -378,6 +383,14 @@ def build_datasets(
     if isinstance(seq_length, bool) or not isinstance(seq_length, int) or seq_length < 2:
         raise DataError(f"--seq-length must be an integer >= 2, got {seq_length!r}")
     counts = _check_num_samples(num_samples)
+    if chat_format == "sft":
+        from megatron_dllm.data.sft_splits import build_sft_datasets
+
+        return build_sft_datasets(cfg, seq_length=seq_length, num_samples=counts, seed=seed, eod_id=eod_id,
+                                  block_size=block_size, vocab_size=vocab_size, mask_token_id=mask_token_id,
+                                  token_vocab_size=token_vocab_size)
+    if chat_format is not None:
+        raise DataError(f"build_datasets: chat_format {chat_format!r} is not a dataset format (sft)")
     prefixes, weights, split = validate_data_config(cfg, counts, token_vocab_size)
     if not torch.distributed.is_initialized():
         raise DataError(

@@ -25,12 +25,13 @@ from megatron_dllm.objectives.ar import ArObjective
 from megatron_dllm.objectives.base import LossTerms, ModelInputs, Objective, StepContext
 from megatron_dllm.objectives.bd import BlockDiffusionObjective
 from megatron_dllm.objectives.mdlm import MdlmObjective
+from megatron_dllm.objectives.sft import SftObjective
 
 OBJECTIVES: Dict[str, Type[Objective]] = {cls.name: cls for cls in (ArObjective, MdlmObjective,
-                                                                     BlockDiffusionObjective)}
+                                                                     BlockDiffusionObjective, SftObjective)}
 
-__all__ = ["OBJECTIVES", "LossTerms", "ModelInputs", "Objective", "StepContext", "objective_for",
-           "objective_type"]
+__all__ = ["OBJECTIVES", "LossTerms", "ModelInputs", "Objective", "StepContext", "dataset_options",
+           "objective_for", "objective_type"]
 
 
 def objective_type(name: str) -> Type[Objective]:
@@ -49,3 +50,10 @@ def objective_for(run, mask_token_id: int, device: str) -> Objective:
     d = run.diffusion
     return objective_type(d.objective).from_run(run, mask_token_id, device,
                                                 resolve_backend(d.attention_backend, device))
+
+
+def dataset_options(run) -> dict:
+    """The ``build_datasets`` options of the run's objective: ``{}`` (pretraining text windows), or
+    an objective's ``dataset_options(run)`` (``sft``: the SFT format and its block size)."""
+    options = getattr(objective_type(run.diffusion.objective), "dataset_options", None)
+    return {} if options is None else options(run)

@@ -12,7 +12,7 @@ from megatron_dllm.data.datasets import build_datasets
 from megatron_dllm.data.tokenizer import load_tokenizer, require_mask_token
 from megatron_dllm.model.builder import build_model_chunks
 from megatron_dllm.model.transformer_config import Execution
-from megatron_dllm.objectives import objective_for, objective_type
+from megatron_dllm.objectives import dataset_options, objective_for, objective_type
 from megatron_dllm.platform.distributed import init_model_parallel
 from megatron_dllm.checkpoint import state as checkpointing
 from megatron_dllm.checkpoint.layout import recorded_mask_token_id
@@ -67,7 +67,7 @@ def setup_run(run, device: str) -> Setup:
     eval_samples = (t.eval_iters * G) if t.eval_interval else 0
     datasets = build_datasets(run.data, seq_length=L, num_samples=(total * G, eval_samples, 0),
                               seed=t.seed, eod_id=eod_id, mask_token_id=mask_token_id,
-                              token_vocab_size=vocab_size)
+                              token_vocab_size=vocab_size, **dataset_options(run))
     if datasets[0] is None:
         raise ConfigError("the training split is empty: give it a positive weight in --split")
     if eval_samples and datasets[1] is None:

@@ -139,7 +139,8 @@ class ParallelConfig:
     expert_tensor_parallel_size: Optional[int] = _f(
         None, "Tensor-parallel size inside experts (default: TP)."
     )
-    context_parallel_size: int = _f(1, "Context-parallel size (not supported yet: 1).")
+    context_parallel_size: int = _f(1, "Context-parallel size: each of N ranks holds 1/N of every sequence's "
+                                    "positions (work-balanced split; objectives ar, mdlm, bd).")
     sequence_parallel: bool = _f(False, "Sequence parallelism (required for MoE with TP > 1).")
 
     def data_parallel_size(self, world_size: int) -> int:

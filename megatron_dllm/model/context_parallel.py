@@ -24,9 +24,11 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class ContextParallelSplit:
-    """Which input positions each CP rank holds: ``rows [N, S / N]`` long, ``rows[r]`` rank r's rows."""
+    """Which input positions each CP rank holds: ``rows [N, S / N]`` long, ``rows[r]`` rank r's rows;
+    ``rank``: the rank this object belongs to."""
 
     rows: torch.Tensor
+    rank: int = 0  # the CP rank this split object was made for (local_rows)
 
     @property
     def size(self) -> int:
@@ -39,6 +41,10 @@ class ContextParallelSplit:
     def local(self, rank: int) -> torch.Tensor:
         """[S / N] positions of rank ``rank``."""
         return self.rows[rank]
+
+    def local_rows(self) -> torch.Tensor:
+        """[S / N] positions of the rank this split was made for."""
+        return self.rows[self.rank]
 
     def key_order(self) -> torch.Tensor:
         """[S]: index into the rank-order concatenation of all rows that puts it in position order."""

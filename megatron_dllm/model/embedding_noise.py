@@ -32,13 +32,17 @@ class EmbeddingNoise:
         self.std = std
         self.seed = seed
         self.iters = iters
-        self._rows: Optional[Tuple[List[int], int]] = None  # (sample indices, iteration) while applied
+        self._rows: Optional[tuple] = None  # (sample indices, iteration, CP positions) while applied
 
     @contextlib.contextmanager
-    def applied(self, sample_indices: List[int], iteration: int):
+    def applied(self, sample_indices: List[int], iteration: int,
+                positions: Optional[Tuple[torch.Tensor, int]] = None):
         """Noise the embedding outputs of the forwards inside the block (rows: ``sample_indices``,
-        global sample indices of the micro-batch) when ``iteration`` is one of the first ``iters``."""
-        self._rows = (list(sample_indices), iteration) if iteration < self.iters else None
+        global sample indices of the micro-batch) when ``iteration`` is one of the first ``iters``.
+
+        ``positions`` (context parallelism): (this rank's input positions, input length); the noise of
+        a position is the one it gets on one rank."""
+        self._rows = (list(sample_indices), iteration, positions) if iteration < self.iters else None
         try:
             yield
         finally:
@@ -53,14 +57,17 @@ class EmbeddingNoise:
     def _hook(self, module, args, kwargs, output):
         if self._rows is None or self.std <= 0:
             return output
-        sample_indices, iteration = self._rows
+        sample_indices, iteration, positions = self._rows
         input_ids = kwargs.get("input_ids", args[0] if args else None)  # [b, s]
         seq, batch = input_ids.shape[1], input_ids.shape[0]
         hidden = output.shape[-1]
+        drawn = seq if positions is None else positions[1]
         noise = torch.stack([
-            torch.randn(seq, hidden, generator=noise_generator(self.seed, s, iteration, stream=STREAM_EMBEDDING))
+            torch.randn(drawn, hidden, generator=noise_generator(self.seed, s, iteration, stream=STREAM_EMBEDDING))
             for s in sample_indices
         ], dim=1)  # [s, b, h]
+        if positions is not None:
+            noise = noise.index_select(0, positions[0].cpu())
         noise = noise * (input_ids.t() == self.mask_token_id).unsqueeze(-1).cpu()
         if output.shape[0] != seq:  # sequence parallel: this rank holds a contiguous slice
             rank = parallel_state.get_tensor_model_parallel_rank()

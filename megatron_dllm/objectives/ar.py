@@ -39,7 +39,7 @@ class ArObjective(Objective):
     @classmethod
     def from_run(cls, run, mask_token_id: int, device: str, backend: str) -> "ArObjective":
         return cls(seq_length=run.model.seq_length, micro_batch_size=run.training.micro_batch_size,
-                   attention_backend=backend, device=device)
+                   attention_backend=backend, device=device, context_parallel=run.parallel.context_parallel_size)
 
     def phase_at(self, consumed_tokens: int) -> Tuple[Objective, int, str]:
         return self, 1, "ar"

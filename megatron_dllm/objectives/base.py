@@ -50,6 +50,7 @@ class ModelInputs:
     sample_index: torch.Tensor       # [B] global sample index of each row (repeated by complementary)
     ar_targets: Optional[torch.Tensor] = None  # [B, L] next-token targets of the clean stream
     ar_mask: Optional[torch.Tensor] = None     # [B, L] bool, where they carry loss
+    cp_split: Optional[object] = None          # context parallelism: the ContextParallelSplit of the rows
 
 
 class LossTerms(NamedTuple):
@@ -70,6 +71,7 @@ class Objective:
     micro_batch_size: int = 1        # samples per micro-batch (before complementary copies)
     attention_backend: str = "sdpa"  # resolved: sdpa | flex | te
     device: str = "cpu"
+    context_parallel: int = 1        # --context-parallel-size (objectives/context_parallel.py)
 
     name: ClassVar[str] = ""         # the --dllm-objective value
     layout: ClassVar[str] = ""       # what logs call the step's input layout
@@ -84,7 +86,7 @@ class Objective:
 
     @property
     def model_seq_length(self) -> int:
-        """Tokens per row of the model input."""
+        """Tokens per row of the model input (Megatron-Core's schedules divide it by the CP size)."""
         return self.streams * self.seq_length
 
     def rows_per_sample(self, step: StepContext) -> int:
@@ -134,6 +136,10 @@ class Objective:
         return L
 
     def attention_mask(self, kind: str, block_size, docs: torch.Tensor):
+        if self.context_parallel > 1:  # each CP rank builds its rows only (objectives/context_parallel.py)
+            from megatron_dllm.objectives.context_parallel import MaskSpec
+
+            return MaskSpec(kind, self.seq_length, block_size, docs)
         if self.attention_backend == "flex":
             return masks.flex_block_mask(kind, self.seq_length, block_size, docs, device=self.device)
         return masks.dense_mask(kind, self.seq_length, block_size, docs, device=self.device)
@@ -161,11 +167,11 @@ class Objective:
         """Megatron loss function: logits [B, S, V/tp] -> (loss_sum, num_tokens, report)."""
         from megatron_dllm.train.vocab_parallel import ce_and_correct
 
-        L = self.seq_length
+        main = inputs.targets.shape[1]  # L, or this context-parallel rank's share of the L targets
         terms = self.loss_terms(step)
 
         def loss_func(logits: torch.Tensor):
-            ce, correct = ce_and_correct(logits[:, :L], inputs.targets)  # rows = inputs.logits_index
+            ce, correct = ce_and_correct(logits[:, :main], inputs.targets)  # rows = inputs.logits_index
             out = losses.diffusion_loss(ce, inputs.noise.noise_mask, inputs.noise.t_per_token, inputs.loss_mask,
                                         weighting=terms.weighting, normalization=terms.normalization,
                                         num_buckets=terms.num_buckets)
@@ -173,7 +179,7 @@ class Objective:
             loss_sum = out.loss_sum
             report = {}
             if inputs.ar_targets is not None:  # next-token loss of the causal clean stream
-                ar_ce, _ = ce_and_correct(logits[:, L:], inputs.ar_targets)
+                ar_ce, _ = ce_and_correct(logits[:, main:], inputs.ar_targets)
                 ar_sum = torch.where(inputs.ar_mask, ar_ce, torch.zeros_like(ar_ce)).sum()
                 loss_sum = loss_sum + terms.ar_weight * ar_sum
                 report["ar_loss_sum"] = ar_sum.detach().float()
@@ -197,10 +203,21 @@ class Objective:
 
         def forward_step(data_iterator, model):
             inputs = self.prepare_inputs(next(data_iterator), step)
+            if self.context_parallel > 1:
+                inputs = self._context_parallel_rows(inputs)
+            extra = {} if inputs.cp_split is None else {"cp_split": inputs.cp_split}
             # the rows with a loss only: the clean half of [xt ; x0] is not projected unless it has one
             with self.embedding_noise(inputs, step):
                 logits = model(inputs.tokens, inputs.position_ids, inputs.attention_mask,
-                               logits_index=inputs.logits_index)
+                               logits_index=inputs.logits_index, **extra)
             return logits, self.loss_func(inputs, step)
 
         return forward_step
+
+    def _context_parallel_rows(self, inputs: ModelInputs) -> ModelInputs:
+        from megatron.core import parallel_state
+
+        from megatron_dllm.objectives.context_parallel import shard
+
+        return shard(inputs, self.context_parallel, parallel_state.get_context_parallel_rank(),
+                     self.attention_backend, self.device)

@@ -43,7 +43,7 @@ def diffusion_settings(run, mask_token_id: int, device: str, backend: str) -> di
         hook = EmbeddingNoise(mask_token_id, d.embedding_noise_std, t.seed, d.embedding_noise_iters)
     return dict(
         seq_length=run.model.seq_length, micro_batch_size=t.micro_batch_size, attention_backend=backend,
-        device=device, seed=t.seed, mask_token_id=mask_token_id,
+        device=device, context_parallel=run.parallel.context_parallel_size, seed=t.seed, mask_token_id=mask_token_id,
         noise=NoiseConfig(eps=d.t_eps, t_low=d.t_low, t_high=d.t_high, sampling=d.t_sampling,
                           granularity=d.t_granularity, num_strata=t.global_batch_size),
         loss_weight=d.loss_weight, loss_norm=d.loss_norm, label_shift=d.label_shift,
@@ -96,7 +96,9 @@ class DiffusionObjective(Objective):
     def embedding_noise(self, inputs: ModelInputs, step: StepContext):
         if self.hook is None or not step.training:
             return super().embedding_noise(inputs, step)
-        return self.hook.applied(inputs.sample_index.tolist(), step.iteration)
+        split = inputs.cp_split  # context parallelism: this rank's rows of the input
+        rows = None if split is None else (split.local_rows(), split.total)
+        return self.hook.applied(inputs.sample_index.tolist(), step.iteration, rows)
 
     def input_layout(self, batch: Dict, noise: NoiseResult, rows: torch.Tensor, step: StepContext) -> Layout:
         raise NotImplementedError

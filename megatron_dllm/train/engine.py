@@ -191,7 +191,8 @@ def data_parallel() -> Tuple[int, int]:
 
 
 def reduce_reports(reports: List[Dict], keys=("loss_sum", "num_tokens")) -> Dict[str, float]:
-    """Sum report entries over micro-batches and data-parallel ranks, broadcast from the last stage.
+    """Sum report entries over micro-batches and data- (and context-) parallel ranks, broadcast from the
+    last stage.
 
     Every rank gets the same numbers (PP stages other than the last contribute zeros). The entries
     stay on the device until one reduction and one copy to the host at the end.
@@ -201,7 +202,8 @@ def reduce_reports(reports: List[Dict], keys=("loss_sum", "num_tokens")) -> Dict
     for report in reports:
         sums += torch.stack([torch.as_tensor(report[key]).to(device=device, dtype=torch.float64)
                              for key in keys])
-    group = parallel_state.get_data_parallel_group()
+    # over data- and context-parallel ranks: a CP rank's report holds the terms of its rows only
+    group = parallel_state.get_data_parallel_group(with_context_parallel=True)
     torch.distributed.all_reduce(sums, group=group)
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         torch.distributed.all_reduce(sums, group=parallel_state.get_pipeline_model_parallel_group())

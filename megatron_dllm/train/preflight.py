@@ -28,7 +28,8 @@ def check_run(run, world_size: int, files: bool = True) -> None:
     """Validate a RunConfig for ``world_size`` ranks; ``files=False`` (``--dry-run``) skips file checks."""
     m, p, d, t = run.model, run.parallel, run.diffusion, run.training
     check_ranges(run)
-    validate(m, p, world_size)
+    validate(m, p, world_size, context_parallel=True)
+    _check_context_parallel(run)
     dp = p.data_parallel_size(world_size)
     if (t.train_iters is None) == (t.train_tokens is None):
         raise ConfigError("give exactly one of --train-iters or --train-tokens")
@@ -119,6 +120,31 @@ def check_tokenizer(data, files: bool = True) -> None:
                          else ("a sentencepiece model", "SentencePieceTokenizer"))
             raise ConfigError(f"--tokenizer-type {kind} but --tokenizer-model {file} is {what}: "
                               f"pass --tokenizer-type {fix}")
+
+
+CONTEXT_PARALLEL_OBJECTIVES = ("ar", "mdlm", "bd")
+
+
+def _check_context_parallel(run) -> None:
+    """What --context-parallel-size > 1 needs (objectives/context_parallel.py)."""
+    m, p, d = run.model, run.parallel, run.diffusion
+    cp = p.context_parallel_size
+    if cp == 1:
+        return
+    if d.objective not in CONTEXT_PARALLEL_OBJECTIVES:
+        raise ConfigError(f"--context-parallel-size {cp} works with --dllm-objective "
+                          f"{' / '.join(CONTEXT_PARALLEL_OBJECTIVES)}, not {d.objective}: use --context-parallel-size 1")
+    if d.attention_backend == "te":
+        raise ConfigError("--context-parallel-size > 1 with --dllm-attention-backend te: Transformer Engine's context "
+                          "parallelism assumes a causal or full mask; use --dllm-attention-backend auto|sdpa|flex")
+    if d.loss_norm == "sequence":
+        raise ConfigError("--dllm-loss-norm sequence is not supported with --context-parallel-size > 1 (a "
+                          "sequence's tokens are spread over the CP ranks): use all_tokens or masked_tokens")
+    tp = p.tensor_model_parallel_size if p.sequence_parallel else 1
+    if m.seq_length % (cp * tp):
+        raise ConfigError(f"--seq-length {m.seq_length} must be a multiple of --context-parallel-size {cp}"
+                          + (f" x --tensor-model-parallel-size {tp} (sequence parallelism)" if tp > 1 else "")
+                          + " so every rank holds the same number of positions")
 
 
 def _check_alignment(d) -> None:

@@ -110,7 +110,8 @@ def setup_run(run, device: str) -> Setup:
         logger.info(f"--load {ck.load} holds no checkpoint: starting from scratch")
     logger.info(
         f"world {world} = TP {run.parallel.tensor_model_parallel_size} x PP "
-        f"{run.parallel.pipeline_model_parallel_size} x DP {parallel_state.get_data_parallel_world_size()}"
+        f"{run.parallel.pipeline_model_parallel_size} x CP {run.parallel.context_parallel_size} x DP "
+        f"{parallel_state.get_data_parallel_world_size()}"
         f" (EP {run.parallel.expert_model_parallel_size}); {total} iterations of {G} x {L} tokens; "
         f"objective {run.diffusion.objective}; device {device}")
     return Setup(run=run, device=device, model=model, optimizer=optimizer, scheduler=scheduler,

@@ -3,6 +3,7 @@
 sft --finetune --load CPT`` from a block-diffusion checkpoint; bad combinations stop in one line."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -71,12 +72,14 @@ def test_sft_with_a_curriculum_is_one_line(chat):
                                  "--dllm-block-schedule and give --dllm-sft-block-size (default 32)")
 
 
-def test_sft_on_a_pretraining_prefix_names_the_preprocess_command(chat, tmp_path):
-    proc = pretrain(MODEL + ["--tokenizer-model", chat["tok"], "--data-path", str(tmp_path / "corpus_text_document"),
+def test_sft_prefix_without_its_loss_mask_names_the_preprocess_command(chat, tmp_path):
+    for ext in (".bin", ".idx"):  # the token ids only: the _lossmask companion is missing
+        shutil.copy(chat["prefix"] + "_tokens" + ext, str(tmp_path / "chat_sft_tokens") + ext)
+    proc = pretrain(MODEL + ["--tokenizer-model", chat["tok"], "--data-path", str(tmp_path / "chat_sft"),
                              "--sft", "--train-iters", "1"], check=False)
-    line = _error_line(proc)
-    assert "corpus_text_document_lossmask" not in line  # the first missing file is named
-    assert "tools/preprocess_data.py --format sft" in line and "pass P_sft" in line
+    assert _error_line(proc) == (f"error: data file {tmp_path / 'chat_sft'}_lossmask.bin does not exist: write it "
+                                 f"with tools/preprocess_data.py --format sft (its --output-prefix P writes "
+                                 f"P_sft_tokens / P_sft_lossmask; pass P_sft)")
 
 
 def test_sft_options_belong_to_sft():

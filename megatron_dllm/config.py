@@ -158,10 +158,10 @@ class DiffusionConfig:
 
     objective: str = _f(
         "mdlm", "mdlm: full-sequence masked diffusion; bd: block diffusion following "
-        "--dllm-block-schedule; ar: causal AR baseline with next-token labels; sft: supervised fine-tuning "
-        "on conversations (block diffusion at --dllm-sft-block-size, prompt never masked, complementary "
-        "masks, t in [0.3, 0.8] by default).",
-        choices=["mdlm", "bd", "ar", "sft"], flag="--dllm-objective")
+        "--dllm-block-schedule; ar: causal AR baseline with next-token labels; dpo: DPO with VRPO "
+        "on preference pairs (--ref-load); sft: supervised fine-tuning on conversations (block diffusion "
+        "at --dllm-sft-block-size, prompt never masked, complementary masks, t in [0.3, 0.8] by default).",
+        choices=["mdlm", "bd", "ar", "dpo", "sft"], flag="--dllm-objective")
     block_schedule: Optional[str] = _f(
         None, "Block-size curriculum (grammar in megatron_dllm.diffusion.curriculum), e.g. "
         "'warmup:1@2M,4@2M;stable:L@20M;decay:32@2M'. Needed by --dllm-objective bd.",
@@ -221,6 +221,18 @@ class DiffusionConfig:
         0.0, "SFT: weight lambda of the CAP confidence term (METHOD.md 6.4; entropy of the correctly "
         "predicted masked tokens, divided by the SFT loss's normaliser; dFactory recommends 2.0; 0 = off).",
         flag="--dllm-cap-weight")
+    ref_load: Optional[str] = _f(
+        None, "DPO: checkpoint directory of the frozen reference model (same architecture; loaded "
+        "under this run's parallel layout, no optimizer). Needed by --dllm-objective dpo.",
+        flag="--ref-load")
+    dpo_beta: float = _f(0.1, "DPO temperature beta (LLaDA2.0: 0.1).", flag="--dpo-beta")
+    dpo_elbo_samples: int = _f(
+        4, "DPO: noise draws n per ELBO estimate (each response is scored n times by the policy and "
+        "the reference in the same micro-batch).", flag="--dpo-elbo-samples")
+    dpo_sampling: str = _f(
+        "vrpo", "DPO noise: vrpo (n stratified t x 1 mask, shared by policy / reference and by the "
+        "pair; LLaDA 1.5) or naive (independent draws for each of the four ELBO estimates).",
+        choices=["vrpo", "naive"], flag="--dpo-sampling")
 
 
 @dataclass

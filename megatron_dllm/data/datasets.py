@@ -371,6 +371,7 @@ def build_datasets(
         chat_format: "sft": ``cfg.data_path`` is a ``--format sft`` prefix and the datasets are
             ``SFTDataset``s (``MockSFTDataset``s with mock data) whose conversations are padded to a
             multiple of ``block_size`` (``data/sft_splits.py``; no collective, no Megatron index).
+            "dpo": a ``--format dpo`` prefix read as preference pairs (``data/dpo_batches.py``).
 
     Returns:
         (train, valid, test): SamePositionDataset or None each.
@@ -389,8 +390,13 @@ def build_datasets(
         return build_sft_datasets(cfg, seq_length=seq_length, num_samples=counts, seed=seed, eod_id=eod_id,
                                   block_size=block_size, vocab_size=vocab_size, mask_token_id=mask_token_id,
                                   token_vocab_size=token_vocab_size)
+    if chat_format == "dpo":  # preference pairs (data/dpo_batches.py)
+        from megatron_dllm.data.dpo_batches import build_pair_datasets
+
+        return build_pair_datasets(cfg, seq_length=seq_length, num_samples=counts, seed=seed, eod_id=eod_id,
+                                   mask_token_id=mask_token_id, vocab_size=vocab_size, block_size=block_size)
     if chat_format is not None:
-        raise DataError(f"build_datasets: chat_format {chat_format!r} is not a dataset format (sft)")
+        raise DataError(f"build_datasets: chat_format {chat_format!r} is not a dataset format (sft, dpo)")
     prefixes, weights, split = validate_data_config(cfg, counts, token_vocab_size)
     if not torch.distributed.is_initialized():
         raise DataError(

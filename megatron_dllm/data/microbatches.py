@@ -16,8 +16,10 @@ def micro_batches(dataset, first_sample: int, global_batch_size: int, micro_batc
     ``data_parallel_size`` trains on in the global batch starting at sample ``first_sample``.
 
     Sample indices past the end of ``dataset`` wrap around; each micro-batch carries the global
-    sample index of its rows (the noise seed).
+    sample index of its rows (the noise seed). A dataset with its own ``collate`` (preference pairs,
+    ``data/dpo_batches.py``) is stacked with it.
     """
+    stack = getattr(dataset, "collate", collate)
     sampler = GlobalBatchSampler(
         total_samples=len(dataset), consumed_samples=first_sample,
         global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,
@@ -26,5 +28,5 @@ def micro_batches(dataset, first_sample: int, global_batch_size: int, micro_batc
     out = []
     for indices in sampler.micro_batches_for_step(0):
         samples = [dataset[i % len(dataset)] for i in indices]
-        out.append(collate(samples, indices))
+        out.append(stack(samples, indices))
     return out

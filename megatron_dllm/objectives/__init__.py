@@ -24,11 +24,13 @@ from megatron_dllm.config import ConfigError
 from megatron_dllm.objectives.ar import ArObjective
 from megatron_dllm.objectives.base import LossTerms, ModelInputs, Objective, StepContext
 from megatron_dllm.objectives.bd import BlockDiffusionObjective
+from megatron_dllm.objectives.dpo import DpoObjective
 from megatron_dllm.objectives.mdlm import MdlmObjective
 from megatron_dllm.objectives.sft import SftObjective
 
 OBJECTIVES: Dict[str, Type[Objective]] = {cls.name: cls for cls in (ArObjective, MdlmObjective,
-                                                                     BlockDiffusionObjective, SftObjective)}
+                                                                     BlockDiffusionObjective, SftObjective,
+                                                                     DpoObjective)}
 
 __all__ = ["OBJECTIVES", "LossTerms", "ModelInputs", "Objective", "StepContext", "dataset_options",
            "objective_for", "objective_type"]

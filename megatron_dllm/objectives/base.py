@@ -102,6 +102,10 @@ class Objective:
             keys += ["ar_loss_sum", "ar_tokens"]
         return tuple(keys)
 
+    def logged_metrics(self, totals: Dict[str, float]) -> Dict[str, float]:
+        """Metrics of the objective's own, logged beside the loss from a step's summed reports (none)."""
+        return {}
+
     def eval_points(self) -> List[Optional[float]]:
         """The t values every validation batch is scored at (None: no noise)."""
         return [None]

@@ -19,6 +19,9 @@ _CONSOLE_KEYS = (
     ("lr", "lr", "{:.3e}"),
     ("loss", "loss", "{:.6e}"),
     ("masked_acc", "masked acc", "{:.4f}"),
+    ("reward_margin", "reward margin", "{:.4e}"),        # DPO (objectives/dpo.py)
+    ("preference_accuracy", "preference acc", "{:.4f}"),
+    ("kl", "kl", "{:.4e}"),
     ("grad_norm", "grad norm", "{:.4f}"),
     ("tokens_per_s", "tokens/s", "{:.1f}"),
     ("ms_per_iter", "ms/iter", "{:.1f}"),

@@ -174,6 +174,8 @@ def _log(setup: Setup, step: dict, layout: str, block: int, phase: str, elapsed:
                "block_size": block, "tokens_per_s": G * L / elapsed, f"loss_{phase}": loss}
     if totals.get("ar_tokens"):
         metrics["ar_loss"] = scalars["ar_loss"] = totals["ar_loss_sum"] / totals["ar_tokens"]
+    for name, value in setup.objective.logged_metrics(totals).items():  # e.g. DPO's margin and accuracy
+        metrics[name] = scalars[name] = value
     for k in range(sum(1 for key in totals if key.startswith("bucket") and key.endswith("_count"))):
         count = totals[f"bucket{k}_count"]
         if count:

@@ -29,7 +29,7 @@ def test_registry_matches_the_flag_choices():
 def test_unknown_objective_names_the_choices():
     with pytest.raises(ConfigError) as exc:
         objective_type("rl")
-    assert str(exc.value) == "--dllm-objective 'rl' is not an objective: choose one of ar, bd, mdlm, sft"
+    assert str(exc.value) == "--dllm-objective 'rl' is not an objective: choose one of ar, bd, dpo, mdlm, sft"
 
 
 def test_ar_objective():

@@ -98,3 +98,25 @@ def test_micro_batches_of_pairs_stack_each_side():
     for side in ("chosen", "rejected"):
         assert batch[side]["tokens"].shape == (2, L) and batch[side]["loss_mask"].dtype == torch.bool
         assert torch.equal(batch[side]["tokens"][1], data[7][side]["tokens"])
+
+
+@pytest.mark.slow
+def test_llada2_mini_dpo_example_parses_and_dry_runs(tmp_path, capsys, monkeypatch):
+    import os
+
+    from megatron_dllm.pretrain import main
+
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                           "examples", "configs", "llada2_mini_dpo.yaml")
+    run = parse_args(["--config", example, "--mock-data"])
+    d = run.diffusion
+    assert (d.objective, d.dpo_beta, d.dpo_elbo_samples, d.dpo_sampling) == ("dpo", 0.1, 2, "vrpo")
+    assert run.checkpoint.finetune and d.ref_load and run.parallel.pipeline_model_parallel_size == 1
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.delenv("RANK", raising=False)
+    assert main(["--config", example, "--data-path", str(tmp_path / "pairs_dpo"), "--tokenizer-type",
+                 "NullTokenizer", "--load", str(tmp_path / "sft"), "--ref-load", str(tmp_path / "sft"),
+                 "--save", str(tmp_path / "dpo"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert '"objective": "dpo"' in out and "world_size 8," in out and "memory per GPU" in out
+    assert not os.listdir(tmp_path)

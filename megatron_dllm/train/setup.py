@@ -81,7 +81,7 @@ def setup_run(run, device: str) -> Setup:
                                 execution=Execution.from_training(t, run.model))
     if device == "cuda":
         chunks = [c.cuda() for c in chunks]
-    objective.attach(chunks)  # its model hooks (the embedding noise), before DDP wraps the chunks
+    objective.attach(chunks)  # its model hooks (embedding noise) or frozen models (DPO reference), before DDP
     model = wrap_ddp(chunks, use_distributed_optimizer=t.use_distributed_optimizer,
                      overlap_grad_reduce=t.overlap_grad_reduce, overlap_param_gather=t.overlap_param_gather)
     optimizer = build_optimizer(model, optimizer_config(run))

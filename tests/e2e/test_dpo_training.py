@@ -86,6 +86,17 @@ def test_missing_ref_load_is_one_line(tmp_path):
         "model the policy starts from)"]
 
 
+def test_ref_load_without_a_checkpoint_is_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = pretrain(BASE + ["--mock-data", "--dllm-objective", "dpo", "--ref-load", str(empty), "--train-iters", "1"],
+                    check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --ref-load {empty}: no checkpoint found: pass the directory of the reference checkpoint (e.g. "
+        f"the SFT model's --save)"]
+
+
 def test_dpo_on_preprocessed_addition_pairs(reference, tmp_path):
     from megatron_dllm.data.addition import AdditionTask
     from megatron_dllm.data.addition_chat import chat_question, dpo_records, write_jsonl_records

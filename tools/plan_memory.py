@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--etp", "--expert-tensor-parallel-size", dest="etp", type=int,
                    help="expert tensor-parallel size (default: TP)")
     p.add_argument("--vpp", "--virtual-pipeline-model-parallel-size", dest="vpp", type=int)
+    p.add_argument("--cp", "--context-parallel-size", dest="cp", type=int,
+                   help="context-parallel size: each rank holds L / CP of every sequence")
     p.add_argument("--dp", type=int, help="data-parallel size (default: the smallest that fits EP)")
     p.add_argument("--sequence-parallel", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--micro-batch-size", type=int)
@@ -93,6 +95,7 @@ def _inputs(args):
         tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp,
         expert_model_parallel_size=args.ep, expert_tensor_parallel_size=args.etp,
         virtual_pipeline_model_parallel_size=args.vpp, sequence_parallel=args.sequence_parallel,
+        context_parallel_size=args.cp,
     ).items() if v is not None}
     parallel = dataclasses.replace(parallel, **changes)
     for key in ("micro_batch_size", "bd_micro_batch_size", "global_batch_size", "seq_length",
@@ -104,10 +107,11 @@ def _inputs(args):
         opts.recompute = args.recompute
     if args.dp is not None:
         opts.data_parallel_size = args.dp
-    else:  # the smallest DP whose world (TP x PP x DP) the expert layout (EP x ETP x PP) divides
+    else:  # the smallest DP whose world (TP x CP x PP x DP) the expert layout (EP x ETP x PP) divides
         tp = parallel.tensor_model_parallel_size
         experts = parallel.expert_model_parallel_size * (parallel.expert_tensor_parallel_size or tp)
-        opts.data_parallel_size = experts // math.gcd(experts, tp) if experts > 0 else 1
+        spread = tp * parallel.context_parallel_size
+        opts.data_parallel_size = experts // math.gcd(experts, spread) if experts > 0 else 1
     return name, model, parallel, opts
 
 
@@ -131,7 +135,7 @@ def _gib(n: float) -> str:
 
 def _table(name, model, parallel, opts, plan, args) -> str:
     tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
-    dp = opts.data_parallel_size
+    dp, cp = opts.data_parallel_size, parallel.context_parallel_size
     extras = [f"EP {parallel.expert_model_parallel_size}",
               f"expert TP {parallel.expert_tensor_parallel_size or tp}"]
     if parallel.virtual_pipeline_model_parallel_size:
@@ -141,7 +145,8 @@ def _table(name, model, parallel, opts, plan, args) -> str:
     micro = {k: plan.micro_batches[k] or ">= PP" for k in ("bd", "mdlm")}
     backend = opts.attention_backend or ("flex" if opts.device == "cuda" else "sdpa")
     lines = [
-        f"Memory per GPU for {name}: TP {tp} x PP {pp} x DP {dp} ({', '.join(extras)}; world {tp * pp * dp})",
+        f"Memory per GPU for {name}: TP {tp} x PP {pp}" + (f" x CP {cp}" if cp > 1 else "")
+        + f" x DP {dp} ({', '.join(extras)}; world {tp * pp * cp * dp})",
         f"L {opts.seq_length or model.seq_length}; BD input 2L x micro-batch "
         f"{opts.bd_micro_batch_size or opts.micro_batch_size}, MDLM input L x micro-batch {opts.micro_batch_size}; "
         f"micro-batches per step {micro['bd']} (BD) / {micro['mdlm']} (MDLM)",
@@ -215,6 +220,7 @@ def main(argv=None) -> int:
             expert_model_parallel_size=parallel.expert_model_parallel_size,
             expert_tensor_parallel_size=parallel.expert_tensor_parallel_size or parallel.tensor_model_parallel_size,
             virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
+            context_parallel_size=parallel.context_parallel_size,
             sequence_parallel=parallel.sequence_parallel, data_parallel_size=opts.data_parallel_size),
             options=dict(vars(opts)), **plan.to_dict(), gpu_memory_gb=args.gpu_memory_gb,
             reserved_gb=args.reserved_gb,

@@ -52,6 +52,7 @@ class ActivationEnv:
     fused_norm: bool = True           # CUDA fused RMSNorm (input + rstd); False: torch composite (CPU)
     backend: str = "flex"             # core attention: flex | sdpa | te
     recompute: str = "none"
+    cp: int = 1                       # context parallelism: ``seq`` is this rank's share, keys all cp x seq
 
 
 def _norm(tokens: int, width: int, cfg: ModelConfig, env: ActivationEnv) -> int:
@@ -74,6 +75,7 @@ def _attention(T: int, Th: int, b: int, s: int, cfg: ModelConfig, env: Activatio
     nq, ng = cfg.num_attention_heads // tp, cfg.query_groups // tp
     rot = int(d * cfg.rotary_percent)
     gqa_expand = env.backend == "sdpa" and ng != nq
+    K, sk = T * env.cp, s * env.cp  # key tokens: under CP the keys / values of every rank are gathered
     out = _norm(Th, cfg.hidden_size, cfg, env) + Th * cfg.hidden_size * a        # norm, qkv input
     out += T * (nq + 2 * ng) * d * a                                              # qkv output
     if cfg.qk_layernorm:
@@ -81,14 +83,15 @@ def _attention(T: int, Th: int, b: int, s: int, cfg: ModelConfig, env: Activatio
         out += T * (nq + ng) * 4 + (0 if env.fused_norm else T * (nq + ng) * d * a)
     out += 4 * T * rot * a                                                        # RoPE cos / sin
     out += T * nq * d * a * 2                                                     # rotated q, output
-    out += T * (nq if gqa_expand else ng) * d * a                                 # rotated k
-    out += T * nq * d * a if gqa_expand else 0                                    # expanded v
+    out += K * (nq if gqa_expand else ng) * d * a                                 # rotated (gathered) k
+    out += K * nq * d * a if gqa_expand else 0                                    # expanded v
+    out += K * ng * d * a if env.cp > 1 and not gqa_expand else 0                # gathered v
     if env.recompute != "selective":
         out += b * nq * s * 4                                                     # logsumexp
         if env.backend == "sdpa":
-            out += b * s * s * a                                                  # additive mask copy
+            out += b * s * sk * a                                                 # additive mask copy
         elif env.backend == "te":
-            out += b * s * s                                                      # inverted bool mask
+            out += b * s * sk                                                     # inverted bool mask
     return out
 
 

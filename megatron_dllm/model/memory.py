@@ -248,7 +248,7 @@ def static_bytes(chunks: List[List[ParamEntry]], parallel: ParallelConfig, opts:
     """Parameter, gradient and optimizer bytes of one rank holding ``chunks`` (one DDP module each)."""
     tp, ep = parallel.tensor_model_parallel_size, parallel.expert_model_parallel_size
     etp = parallel.expert_tensor_parallel_size or tp
-    dp = opts.data_parallel_size
+    dp = opts.data_parallel_size * parallel.context_parallel_size  # gradients / optimizer shards: DP x CP
     groups = {"dense": dp, "expert": tp * dp // (ep * etp)}
     param_b = 2 if opts.bf16 else 4
     opt_b = ADAM_BYTES + (MAIN_PARAM_BYTES if opts.bf16 else 0)
@@ -285,12 +285,21 @@ def check_layout(model_cfg: ModelConfig, parallel: ParallelConfig, opts: PlanOpt
     if backend is not None and backend not in activations.BACKENDS:
         raise ConfigError(f"--attention-backend {backend!r}: choose one of {', '.join(activations.BACKENDS)}")
     tp, dp = parallel.tensor_model_parallel_size, opts.data_parallel_size
+    cp = parallel.context_parallel_size
     experts = parallel.expert_model_parallel_size * (parallel.expert_tensor_parallel_size or tp)
-    if experts >= 1 and (tp * dp) % experts:
+    if experts >= 1 and (tp * cp * dp) % experts:
+        what = "TP x DP" if cp == 1 else "TP x CP x DP"
         raise ConfigError(
-            f"TP x DP = {tp} x {dp} is not divisible by EP x expert-TP = {experts} (experts are spread over "
-            f"the TP x DP ranks of a stage): choose --dp a multiple of {experts // math.gcd(experts, tp)}")
-    validate(model_cfg, parallel, world_size=tp * parallel.pipeline_model_parallel_size * dp)
+            f"{what} = {tp} x {dp if cp == 1 else f'{cp} x {dp}'} is not divisible by EP x expert-TP = {experts} "
+            f"(experts are spread over the {what} ranks of a stage): choose --dp a multiple of "
+            f"{experts // math.gcd(experts, tp * cp)}")
+    cp = parallel.context_parallel_size
+    validate(model_cfg, parallel, world_size=tp * parallel.pipeline_model_parallel_size * cp * dp,
+             context_parallel=True)
+    L = opts.seq_length or model_cfg.seq_length
+    if cp > 1 and L % (cp * (tp if parallel.sequence_parallel else 1)):
+        raise ConfigError(f"--seq-length {L} must be a multiple of --cp {cp}"
+                          + (f" x --tp {tp} (sequence parallelism)" if parallel.sequence_parallel and tp > 1 else ""))
     if (opts.seq_length or model_cfg.seq_length) < 1:
         raise ConfigError("--seq-length must be >= 1")
     etp = parallel.expert_tensor_parallel_size or parallel.tensor_model_parallel_size
@@ -324,15 +333,18 @@ def _activation_bytes(model_cfg, parallel, opts, moe_layers, pp_rank, layout):
     from megatron_dllm.objectives import objective_type
 
     L = opts.seq_length or model_cfg.seq_length
+    cp = parallel.context_parallel_size  # each CP rank holds L / cp of every stream
     bd = objective_type(layout).streams == 2  # [xt ; x0]
     env = activations.ActivationEnv(
         tp=tp, etp=parallel.expert_tensor_parallel_size or tp, sequence_parallel=parallel.sequence_parallel,
         act_bytes=2 if opts.bf16 else 4, fused_norm=opts.device == "cuda",
         backend=opts.attention_backend or ("flex" if opts.device == "cuda" else "sdpa"),
-        recompute=opts.recompute)
+        recompute=opts.recompute, cp=cp)
+    local = L // cp
     return activations.stage_bytes(
-        model_cfg, moe_layers, env, seq=2 * L if bd else L, micro_batch=_micro_batch_size(opts, layout),
-        loss_positions=L, logit_positions=L if (bd and not parallel.sequence_parallel) else (2 * L if bd else L),
+        model_cfg, moe_layers, env, seq=2 * local if bd else local, micro_batch=_micro_batch_size(opts, layout),
+        loss_positions=local,
+        logit_positions=local if (bd and not parallel.sequence_parallel) else (2 * local if bd else local),
         vocab_per_rank=model_cfg.padded_vocab_size(tp) // tp, pp_rank=pp_rank,
         pp=parallel.pipeline_model_parallel_size, vpp=parallel.virtual_pipeline_model_parallel_size or 1,
         num_microbatches=_num_microbatches(opts, layout))

@@ -1,6 +1,7 @@
 """Every example config validates for its intended layout and builds its model on the meta device."""
 
 import glob
+import math
 import os
 
 import pytest
@@ -16,7 +17,8 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, "examples", "configs", "*.yaml")))
 
 def test_there_are_examples():
     names = {os.path.basename(p) for p in CONFIGS}
-    assert {"tiny_moe_cpu.yaml", "llada2_mini.yaml", "llada2_flash.yaml", "llada_moe_7b.yaml"} <= names
+    assert {"tiny_moe_cpu.yaml", "llada2_mini.yaml", "llada2_flash.yaml", "llada_moe_7b.yaml",
+            "llada2_mini_32k.yaml", "llada2_flash_32k.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
@@ -24,8 +26,10 @@ def test_config_validates_for_its_layout(path, tmp_path):
     # data and checkpoint paths come from the launch script, as in examples/slurm
     run = parse_args(["--config", path, "--mock-data", "--save", str(tmp_path)])
     p = run.parallel
-    world = p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.expert_model_parallel_size
-    check_run(run, world)  # raises ConfigError on any inconsistency (block sizes, batch split, ...)
+    tp, cp = p.tensor_model_parallel_size, p.context_parallel_size
+    experts = p.expert_model_parallel_size * (p.expert_tensor_parallel_size or tp)
+    dp = experts // math.gcd(experts, tp * cp)  # the smallest DP over which the experts spread
+    check_run(run, tp * p.pipeline_model_parallel_size * cp * dp)  # raises ConfigError on any inconsistency (block sizes, batch split, ...)
 
 
 def test_every_example_builds_on_the_meta_device():

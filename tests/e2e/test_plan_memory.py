@@ -117,3 +117,35 @@ def test_recompute_auto_picks_the_least_recompute_that_fits():
     proc = _run("--preset", "llada2.0-mini", "--ep", "8", "--dp", "8", "--seq-length", "16384", "--recompute",
                 "auto", "--gpu-memory-gb", "8")
     assert proc.returncode == 0 and "recompute auto: nothing fits in 4.0 GiB" in proc.stdout
+
+
+def _cp_plan(cp, *extra):
+    proc = _run("--preset", "llada2.0-mini", "--ep", "8", "--seq-length", "32768", "--cp", str(cp), "--json", *extra)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def test_context_parallel_shares_activations_and_optimizer_state():
+    one, two, four = _cp_plan(1, "--dp", "8"), _cp_plan(2, "--dp", "4"), _cp_plan(4, "--dp", "2")
+    assert two["layout"]["context_parallel_size"] == 2 and two["layout"]["data_parallel_size"] == 4
+    s1, s2, s4 = one["stages"][0], two["stages"][0], four["stages"][0]
+    assert s1["param_bytes"] == s2["param_bytes"] == s4["param_bytes"]  # CP replicates the weights
+    assert s1["optimizer_bytes"] == s2["optimizer_bytes"]  # sharded over DP x CP = 8 either way
+    for layout in ("bd", "mdlm"):
+        # each rank holds 1/CP of the tokens, plus the gathered keys / values of every layer
+        a1, a2, a4 = (s["activation_bytes"][layout] for s in (s1, s2, s4))
+        assert a1 / 2 < a2 < 0.55 * a1 and a2 / 2 < a4 < 0.55 * a2
+
+
+@pytest.mark.parametrize("config", ["llada2_mini_32k.yaml", "llada2_flash_32k.yaml"])
+def test_long_context_examples_fit_80_gib(config):
+    proc = _run("--config", os.path.join(ROOT, "examples", "configs", config), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = json.loads(proc.stdout)
+    assert plan["layout"]["context_parallel_size"] == 8 and plan["fits"] == {"bd": True, "mdlm": True}
+
+
+def test_context_parallel_needs_a_divisible_sequence():
+    proc = _run("--preset", "tiny-moe", "--cp", "3", "--seq-length", "64")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --seq-length 64 must be a multiple of --cp 3"

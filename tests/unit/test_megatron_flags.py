@@ -121,7 +121,8 @@ def test_example_configs_keep_their_training_values():
     root = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "configs")
     for name in sorted(os.listdir(root)):
         run = parse_args(["--config", os.path.join(root, name)])
-        beta2 = 0.999 if name == "llada2_mini_sft.yaml" else 0.95  # SFT: dFactory's (0.9, 0.999), METHOD.md 7.1
+        # post-training (SFT, DPO) follows dFactory's Adam (0.9, 0.999), METHOD.md 7.1
+        beta2 = 0.999 if name.endswith(("_sft.yaml", "_dpo.yaml")) else 0.95
         assert run.training.adam_beta2 == beta2 and run.checkpoint.keep_last == 3, name
         table = _field_table()
         for key, value in read_yaml(os.path.join(root, name)).items():  # every value it sets is kept

@@ -8,6 +8,9 @@
        time, ratios, noise + mask share, model FLOPs and MFU against the GPU's dense bf16 peak.
     3. The same steps on Transformer Engine's layers (--model gpu-1b-te: --transformer-impl
        transformer_engine --moe-grouped-gemm), when TE is installed: step time and MFU, TE vs local.
+    4. Context parallelism (bench/cp_attention.py --device cuda): per-rank attention time and memory at
+       CP 2 / 4 vs CP 1, 2L = 8192 under the BD mask with documents (each rank's rows of the BlockMask
+       against all keys, compiled FlexAttention, bf16). Goal: <= 0.6x at CP 2, <= 0.35x at CP 4.
 
 Writes bench/results/gpu_latest.json and prints the tables. Each stage gets a share of the time
 budget (``--budget-s``); a stage that runs out is reported as skipped, never silently dropped.
@@ -35,6 +38,8 @@ PLAN = {
     "attention": dict(seqs=[8192, 1024, 2048, 4096], heads=16, groups=4, head_dim=128, block=32, rounds=10),
     "step_overhead": dict(model="gpu-1b", seq_length=2048, micro_batch_size=1, global_batch_size=8,
                           block=32, rounds=3, warmup=1, prototypes=True),
+    "context_parallel": ["--device", "cuda", "--seq", "8192", "--heads", "16", "--groups", "4", "--head-dim", "128",
+                         "--block", "32", "--cp", "2", "4", "--rounds", "5"],
 }
 
 
@@ -47,6 +52,7 @@ def commands(budget: float) -> list:
         f"  + python bench/step_overhead.py --device cuda --model {s['model']} --seq-length {s['seq_length']} "
         f"--micro-batch-size {s['micro_batch_size']} --global-batch-size {s['global_batch_size']} "
         f"--block {s['block']} --rounds {s['rounds']} --warmup {s['warmup']} --prototypes",
+        "  + python bench/cp_attention.py " + " ".join(PLAN["context_parallel"]),
     ]
 
 
@@ -97,7 +103,8 @@ def main(argv=None) -> int:
                                          **PLAN["attention"])
     results["step_overhead"] = step_overhead.run(device="cuda", deadline=start + 0.70 * args.budget_s,
                                                  timeout=args.budget_s, **PLAN["step_overhead"])
-    results["step_overhead_te"] = _te_steps(deadline, args.budget_s)
+    results["step_overhead_te"] = _te_steps(start + 0.85 * args.budget_s, args.budget_s)
+    results["context_parallel"] = _cp_attention(deadline)
     goals = list(results["attention"].get("goals", [])) + list(results["step_overhead"].get("goals", []))
     step = results["step_overhead"]
     results["goals"] = goals  # MFU has no goal: it is reported in the step table
@@ -114,6 +121,9 @@ def main(argv=None) -> int:
         print("\nTransformer Engine layers (--transformer-impl transformer_engine --moe-grouped-gemm):")
         print(report.step_table(te))
         print(_te_ratios(step, te))
+    cp = results["context_parallel"]
+    print("\nContext parallelism, per-rank attention vs CP 1:\n" + cp.get("table", f"{cp.get('status')} "
+                                                                        f"{cp.get('reason', '')}"))
     print(f"\nwrote {args.out}")
     return 0
 
@@ -128,6 +138,31 @@ def _te_steps(deadline: float, budget: float) -> dict:
         return {"status": "skipped", "reason": "the time budget ran out before this stage"}
     plan = dict(PLAN["step_overhead"], model="gpu-1b-te", prototypes=False)
     return step_overhead.run(device="cuda", deadline=deadline, timeout=budget, **plan)
+
+
+def _cp_attention(deadline: float) -> dict:
+    """Stage 4: bench/cp_attention.py on CUDA in a subprocess, or why it did not run."""
+    import json
+    import subprocess
+    import tempfile
+
+    left = deadline - time.monotonic()
+    if left < 30:
+        return {"status": "skipped", "reason": "the time budget ran out before this stage"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cp.json")
+        cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "cp_attention.py"),
+               *PLAN["context_parallel"], "--json", out]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left)
+        except subprocess.TimeoutExpired:
+            return {"status": "skipped", "reason": f"did not finish in the {left:.0f} s left"}
+        if proc.returncode != 0:
+            return {"status": "failed", "reason": proc.stderr[-2000:]}
+        with open(out) as handle:
+            result = json.load(handle)
+    result["table"] = "\n".join(line for line in proc.stdout.splitlines() if line.startswith(("|", "cp1", "2L")))
+    return result
 
 
 def _te_ratios(local: dict, te: dict) -> str:

@@ -33,7 +33,7 @@ OBJECTIVES: Dict[str, Type[Objective]] = {cls.name: cls for cls in (ArObjective,
                                                                      DpoObjective)}
 
 __all__ = ["OBJECTIVES", "LossTerms", "ModelInputs", "Objective", "StepContext", "dataset_options",
-           "objective_for", "objective_type"]
+           "memory_lines", "objective_for", "objective_type"]
 
 
 def objective_type(name: str) -> Type[Objective]:
@@ -59,3 +59,10 @@ def dataset_options(run) -> dict:
     an objective's ``dataset_options(run)`` (``sft``: the SFT format and its block size)."""
     options = getattr(objective_type(run.diffusion.objective), "dataset_options", None)
     return {} if options is None else options(run)
+
+
+def memory_lines(run, plan) -> list:
+    """Lines ``--dry-run`` adds below the memory plan for the run's objective (``dpo``: its rows and
+    the frozen reference; none for the others)."""
+    lines = getattr(objective_type(run.diffusion.objective), "memory_lines", None)
+    return [] if lines is None else lines(run, plan)

@@ -103,6 +103,23 @@ class DpoObjective(Objective):
         return {"chat_format": "dpo", "block_size": SFT_BLOCK_SIZE}
 
     @classmethod
+    def memory_lines(cls, run, plan) -> list:
+        """What ``--dry-run`` adds to the memory plan (``model/memory.py`` MemoryPlan): the MDLM
+        activations scaled from its micro-batch of P rows to the P x 2 x n rows of a DPO micro-batch
+        (activations are linear in the rows), and the frozen reference's weights (no grads, no
+        optimizer state; its forward keeps no activations)."""
+        gib = 2.0 ** 30
+        P, n = run.training.micro_batch_size, run.diffusion.dpo_elbo_samples
+        lines = [f"DPO (GiB per GPU): a micro-batch is {P} pair(s) x 2 replies x {n} draws = {2 * P * n} rows; "
+                 f"the MDLM activations scaled to them, plus the frozen reference's weights:",
+                 f"  {'stage':>5} {'act DPO':>8} {'reference':>9} {'total DPO':>9}"]
+        for s in plan.stages:
+            act = s.activation_bytes["mdlm"] * 2 * n
+            lines.append(f"  {s.stage:>5} {act / gib:>8.2f} {s.param_bytes / gib:>9.2f} "
+                         f"{(s.static_bytes + s.param_bytes + act) / gib:>9.2f}")
+        return lines
+
+    @classmethod
     def block_schedule(cls, run):
         """DPO has no block-size curriculum."""
         return None

@@ -126,6 +126,7 @@ def dry_run(run, environ=os.environ, out=print) -> int:
     reading data.
     """
     from megatron_dllm.model.transformer_config import Execution
+    from megatron_dllm.objectives import memory_lines
     from megatron_dllm.train.preflight import check_checkpoint_config, check_run, resolve_vocab_size
 
     world_size = world_size_from_env(environ)
@@ -157,6 +158,6 @@ def dry_run(run, environ=os.environ, out=print) -> int:
     lay = layout(run, world_size)
     out("parallel layout: " + ", ".join(f"{k} {v}" for k, v in lay.items()))
     out("parameters: " + ", ".join(f"{k} {v / 1e9:.3f}B" for k, v in counts.items()))
-    for line in _memory_lines(plan, opts):
+    for line in _memory_lines(plan, opts) + memory_lines(run, plan):
         out(line)
     return 0

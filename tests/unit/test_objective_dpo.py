@@ -117,6 +117,12 @@ def test_llada2_mini_dpo_example_parses_and_dry_runs(tmp_path, capsys, monkeypat
     assert main(["--config", example, "--data-path", str(tmp_path / "pairs_dpo"), "--tokenizer-type",
                  "NullTokenizer", "--load", str(tmp_path / "sft"), "--ref-load", str(tmp_path / "sft"),
                  "--save", str(tmp_path / "dpo"), "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert '"objective": "dpo"' in out and "world_size 8," in out and "memory per GPU" in out
+    out = capsys.readouterr().out.splitlines()
+    assert '  "objective": "dpo",' in out and any("world_size 8," in line for line in out)
+    # the DPO plan: 1 pair x 2 replies x 2 draws; the reference's weights are the policy's weights column
+    plan = out[out.index(next(line for line in out if line.startswith("memory per GPU"))) + 2].split()
+    assert out[-3].startswith("DPO (GiB per GPU): a micro-batch is 1 pair(s) x 2 replies x 2 draws = 4 rows")
+    stage, act, reference, total = out[-1].split()
+    assert reference == plan[2] and float(act) == pytest.approx(4 * float(plan[6]), abs=0.02)
+    assert float(total) == pytest.approx(sum(float(x) for x in plan[2:5]) + float(reference) + float(act), abs=0.03)
     assert not os.listdir(tmp_path)

@@ -73,3 +73,22 @@ def test_te_backend_matches_reference():
     attn = DiffusionCoreAttention(_config(8, 2, 64), 1, AttnMaskType.arbitrary, "self", backend="te").cuda()
     out = attn(q.cuda().bfloat16(), k.cuda().bfloat16(), v.cuda().bfloat16(), dense.cuda())
     torch.testing.assert_close(out.double().cpu(), _reference(q, k, v, dense), rtol=3e-2, atol=3e-2)
+
+
+def test_flex_rows_of_a_context_parallel_rank_match_reference():
+    """A CP rank's view on CUDA: its balanced rows of the BD BlockMask (query_rows) against all keys."""
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from megatron_dllm.diffusion import masks
+    from megatron_dllm.diffusion.context_split import row_work, split_rows
+    from megatron_dllm.model.core_attention import DiffusionCoreAttention
+
+    q, k, v, docs, dense = _case()
+    rows = split_rows(512, 2, work=row_work("block_diffusion", 256, 32, docs[0]))[1]
+    attn = DiffusionCoreAttention(_config(8, 2, 64), 1, AttnMaskType.arbitrary, "self", backend="flex").cuda()
+    mask = masks.flex_block_mask("block_diffusion", 256, 32, docs, device="cuda", query_rows=rows)
+    leaves = [q[rows].cuda().requires_grad_(), k.cuda().requires_grad_(), v.cuda().requires_grad_()]
+    out = attn(*leaves, mask)
+    torch.testing.assert_close(out.double().cpu(), _reference(q, k, v, dense)[rows], rtol=2e-3, atol=2e-3)
+    out.sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in leaves)

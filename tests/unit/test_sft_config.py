@@ -75,7 +75,6 @@ def test_sft_data_path_errors(data_path, message):
     assert str(exc.value) == message
 
 
-@pytest.mark.slow
 def test_llada2_mini_sft_example_dry_runs(tmp_path, capsys, monkeypatch):
     from megatron_dllm.pretrain import main
 

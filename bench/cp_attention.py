@@ -121,7 +121,7 @@ def main(argv=None) -> int:
                          "balance": balance[n], "goal": goal, "met": met})
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"env": common.bench_env(), "device": device, "cp1_s": base_t, "cp1_mib": memory["cp1"],
+            json.dump({"date": common.now_iso(), "machine": common.machine_info(), "device": device, "cp1_s": base_t, "cp1_mib": memory["cp1"],
                        "memory_mib": memory, "rows": rows_out}, handle, indent=1)
     return 0
 

@@ -9,9 +9,11 @@ else ``T``), ``a`` the activation dtype's bytes (2 bf16, 4 fp32), heads and FFN 
     linear inputs            the norm output (qkv / fc1 / router / shared expert share it)
     attention                qkv output, q/k norms (q is a copy when a rank has > 1 KV group), RoPE (4 x
                              [s, b, rot]), rotated q and k, output, logsumexp (fp32); sdpa also keeps
-                             GQA-expanded k and v and one additive mask [b, 1, s, s] per layer, te an
-                             inverted bool mask per layer; flex keeps no s^2 term (its BlockMask is
-                             O((s / 128)^2) per micro-batch and is left out)
+                             one additive mask [b, 1, s, s] per layer, te an inverted bool mask per
+                             layer; flex keeps no s^2 term (its BlockMask is O((s / 128)^2) per
+                             micro-batch and is left out); GQA heads are not expanded (enable_gqa).
+                             Context parallelism: s is the rank's share; the gathered k and v hold
+                             all CP x s positions, and the additive mask s x (CP x s)
     dense MLP (SwiGLU)       fc1 output (2f), silu output, linear half + offset, product (fc2 input)
     MoE                      router bookkeeping (fp32 logits, bool maps, fp32 probs, top-k indices:
                              10 E + 28 k + 8 groups + 4 bytes per token, measured on our router),
@@ -74,7 +76,6 @@ def _attention(T: int, Th: int, b: int, s: int, cfg: ModelConfig, env: Activatio
     d = cfg.head_dim
     nq, ng = cfg.num_attention_heads // tp, cfg.query_groups // tp
     rot = int(d * cfg.rotary_percent)
-    gqa_expand = env.backend == "sdpa" and ng != nq
     K, sk = T * env.cp, s * env.cp  # key tokens: under CP the keys / values of every rank are gathered
     out = _norm(Th, cfg.hidden_size, cfg, env) + Th * cfg.hidden_size * a        # norm, qkv input
     out += T * (nq + 2 * ng) * d * a                                              # qkv output
@@ -83,9 +84,8 @@ def _attention(T: int, Th: int, b: int, s: int, cfg: ModelConfig, env: Activatio
         out += T * (nq + ng) * 4 + (0 if env.fused_norm else T * (nq + ng) * d * a)
     out += 4 * T * rot * a                                                        # RoPE cos / sin
     out += T * nq * d * a * 2                                                     # rotated q, output
-    out += K * (nq if gqa_expand else ng) * d * a                                 # rotated (gathered) k
-    out += K * nq * d * a if gqa_expand else 0                                    # expanded v
-    out += K * ng * d * a if env.cp > 1 and not gqa_expand else 0                # gathered v
+    out += K * ng * d * a                                                         # rotated (gathered) k
+    out += K * ng * d * a if env.cp > 1 else 0                                    # gathered v
     if env.recompute != "selective":
         out += b * nq * s * 4                                                     # logsumexp
         if env.backend == "sdpa":

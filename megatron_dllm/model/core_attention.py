@@ -217,10 +217,9 @@ class DiffusionCoreAttention(MegatronModule):
                 raise ValueError(
                     "the sdpa backend needs a dense bool mask; a BlockMask needs --dllm-attention-backend flex"
                 )
-            if gqa:
-                rep = q.shape[1] // k.shape[1]
-                k = k.repeat_interleave(rep, dim=1)
-                v = v.repeat_interleave(rep, dim=1)
+            # Grouped-query attention without expanding K / V to every query head (SDPA's enable_gqa):
+            # the same outputs, K / V gradients equal to float32 rounding, 1 / (heads per group) of the
+            # K / V memory (under context parallelism K / V are the whole sequence's).
             # Dropout inside the TP region draws from the model-parallel RNG stream, as Megatron does.
             rng = (
                 tensor_parallel.get_cuda_rng_tracker().fork()
@@ -228,12 +227,12 @@ class DiffusionCoreAttention(MegatronModule):
                 else contextlib.nullcontext()
             )
             if mask is not None and not dropout and sparse_sdpa.usable(mask, q, k):
-                out = sparse_sdpa.sparse_sdpa(q, k, v, mask, self.softmax_scale)  # CPU, skips empty tiles
+                out = sparse_sdpa.sparse_sdpa(q, k, v, mask, self.softmax_scale, gqa)  # CPU, skips empty tiles
             else:
                 with rng:
                     out = F.scaled_dot_product_attention(
                         q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
-                        scale=self.softmax_scale,
+                        scale=self.softmax_scale, enable_gqa=gqa,
                     )
         # [b, h, s, d] -> [s, b, h * d]
         return out.permute(2, 0, 1, 3).reshape(sq, b, np_ * hn)

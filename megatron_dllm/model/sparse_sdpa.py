@@ -77,8 +77,9 @@ def plans_for(mask: torch.Tensor, dtype: torch.dtype) -> List[Plan]:
 
 
 def run_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, scale: float,
-             tile: int = TILE) -> torch.Tensor:
-    """Attention of q [n, h, Sq, d] over k / v [n, h, Sk, d] following one tile plan -> [n, h, Sq, d]."""
+             tile: int = TILE, enable_gqa: bool = False) -> torch.Tensor:
+    """Attention of q [n, h, Sq, d] over k / v [n, g, Sk, d] following one tile plan -> [n, h, Sq, d]
+    (``enable_gqa``: g divides h, each K / V head serves h / g query heads)."""
     outs = []
     for i, (ranges, sub_mask) in enumerate(plan):
         if len(ranges) == 1:
@@ -88,15 +89,16 @@ def run_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, scal
             kk = torch.cat([k[:, :, a:b] for a, b in ranges], dim=2)
             vv = torch.cat([v[:, :, a:b] for a, b in ranges], dim=2)
         outs.append(F.scaled_dot_product_attention(q[:, :, i * tile:(i + 1) * tile], kk, vv,
-                                                   attn_mask=sub_mask, scale=scale))
+                                                   attn_mask=sub_mask, scale=scale, enable_gqa=enable_gqa))
     return torch.cat(outs, dim=2)
 
 
-def sparse_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """q [b, h, Sq, d], k / v [b, h, Sk, d] (same heads), mask [b or 1, 1, Sq, Sk] bool (True = may
-    attend) -> [b, h, Sq, d]."""
+def sparse_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
+                enable_gqa: bool = False) -> torch.Tensor:
+    """q [b, h, Sq, d], k / v [b, g, Sk, d] (g = h, or a divisor of h with ``enable_gqa``), mask
+    [b or 1, 1, Sq, Sk] bool (True = may attend) -> [b, h, Sq, d]."""
     plans = plans_for(mask, q.dtype)
     if len(plans) == 1:  # one mask for the whole batch
-        return run_plan(q, k, v, plans[0], scale)
-    return torch.cat([run_plan(q[r:r + 1], k[r:r + 1], v[r:r + 1], plans[r], scale)
+        return run_plan(q, k, v, plans[0], scale, enable_gqa=enable_gqa)
+    return torch.cat([run_plan(q[r:r + 1], k[r:r + 1], v[r:r + 1], plans[r], scale, enable_gqa=enable_gqa)
                       for r in range(q.shape[0])], dim=0)

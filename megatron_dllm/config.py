@@ -229,6 +229,10 @@ class DiffusionConfig:
     dpo_elbo_samples: int = _f(
         4, "DPO: noise draws n per ELBO estimate (each response is scored n times by the policy and "
         "the reference in the same micro-batch).", flag="--dpo-elbo-samples")
+    dpo_block_size: Optional[int] = _f(
+        None, "DPO: score the replies in the block-diffusion layout [xt ; x0] at this block size (LLaDA2.0: "
+        "32, the SFT block size, so the ELBO is the one the SFT model was trained on); default: the MDLM "
+        "layout (xt, bidirectional within the conversation).", flag="--dpo-block-size")
     dpo_sampling: str = _f(
         "vrpo", "DPO noise: vrpo (n stratified t x 1 mask, shared by policy / reference and by the "
         "pair; LLaDA 1.5) or naive (independent draws for each of the four ELBO estimates).",

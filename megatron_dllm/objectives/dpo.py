@@ -2,9 +2,11 @@
 
 A micro-batch holds P whole preference pairs (``data/dpo_batches.py``): the loss is non-linear in the
 ELBOs, so both responses of a pair and all n noise draws of each reach the loss together. The model
-input is P x 2 x n rows of L tokens in the MDLM layout (row (p, side, d): the pair's chosen or
-rejected conversation with draw d's noise; the prompt is never noised; attention is bidirectional
-within the conversation, the EOS tail of the window a document of its own). The noise comes from
+input is P x 2 x n rows (row (p, side, d): the pair's chosen or rejected conversation with draw d's
+noise; the prompt is never noised), in the MDLM layout (xt, L tokens, attention bidirectional within
+the conversation, the EOS tail of the window a document of its own) or, with ``--dpo-block-size B``,
+the block-diffusion layout of SFT (``[xt ; x0]``, 2L tokens, the block-diffusion mask at B within the
+conversation, logits of the xt half only). The noise comes from
 ``diffusion.vrpo.preference_noise`` (a function of (seed, pair index, iteration): identical on every
 TP / EP rank), applied with ``noised_draws``.
 
@@ -28,7 +30,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from megatron_dllm.config import ConfigError
+from megatron_dllm.config import ConfigError, DiffusionConfig
 from megatron_dllm.diffusion import masks
 from megatron_dllm.diffusion.likelihood import elbo
 from megatron_dllm.diffusion.preference import dpo_loss
@@ -41,6 +43,20 @@ REPORT_KEYS = ("loss_sum", "num_tokens", "num_noised", "correct", "margin_sum", 
                "reward_chosen_sum", "reward_rejected_sum")
 
 
+def check_dpo_flags(d) -> None:
+    """ConfigError for a DPO-only flag given to another objective (``d``: the DiffusionConfig)."""
+    if d.objective == DpoObjective.name:
+        return
+    defaults = DiffusionConfig()
+    given = [flag for flag, field_name in (("--ref-load", "ref_load"), ("--dpo-beta", "dpo_beta"),
+                                           ("--dpo-elbo-samples", "dpo_elbo_samples"),
+                                           ("--dpo-sampling", "dpo_sampling"), ("--dpo-block-size", "dpo_block_size"))
+             if getattr(d, field_name) != getattr(defaults, field_name)]
+    if given:
+        raise ConfigError(f"{' / '.join(given)} {'is a DPO option' if len(given) == 1 else 'are DPO options'}: "
+                          f"use with --dllm-objective dpo")
+
+
 def elbo_sampling(name: str, n: int) -> ElboSampling:
     """``--dpo-sampling`` / ``--dpo-elbo-samples`` as an ElboSampling."""
     return {"vrpo": vrpo, "naive": naive}[name](n)
@@ -50,16 +66,17 @@ def elbo_sampling(name: str, n: int) -> ElboSampling:
 class PairInputs:
     """One micro-batch of P pairs, laid out as R = P * 2 * n rows (p, side, draw) of L tokens."""
 
-    tokens: torch.Tensor          # [R, L] the policy's noised rows
-    ref_tokens: torch.Tensor      # [R, L] the reference's (the same tensor under VRPO)
-    position_ids: torch.Tensor    # [R, L]
-    attention_mask: object        # [R, L, L] bool (or BlockMask)
+    tokens: torch.Tensor          # [R, S] the policy's rows: xt (S = L), or [xt ; x0] (S = 2L)
+    ref_tokens: torch.Tensor      # [R, S] the reference's (the same tensor under VRPO)
+    position_ids: torch.Tensor    # [R, S]
+    attention_mask: object        # [R, S, S] bool (or BlockMask)
     targets: torch.Tensor         # [R, L] the clean tokens
     noise_mask: torch.Tensor      # [P, 2, n, L] bool, the policy's noised response positions
     ref_noise_mask: torch.Tensor  # [P, 2, n, L]
     t: torch.Tensor               # [P, 2, n] (CPU)
     ref_t: torch.Tensor           # [P, 2, n] (CPU)
     response: torch.Tensor        # [P, 2, L] bool, the positions scored (reply, EOD, EOS padding)
+    logits_index: Optional[torch.Tensor] = None  # [L]: the xt half of [xt ; x0]; None: every row (MDLM)
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,7 @@ class DpoObjective(Objective):
     mask_token_id: int = 0
     beta: float = 0.1
     sampling: ElboSampling = field(default_factory=lambda: vrpo(4))
+    block_size: Optional[int] = None           # --dpo-block-size: the [xt ; x0] layout; None: MDLM
     reference_source: Optional[object] = None  # train.reference_model.ReferenceSource, loaded by attach
     frozen: Dict = field(default_factory=dict, compare=False, repr=False)  # "reference": its chunks
 
@@ -86,15 +104,18 @@ class DpoObjective(Objective):
             raise ConfigError(f"--dpo-beta must be > 0 (LLaDA2.0: 0.1), got {d.dpo_beta}")
         if d.dpo_elbo_samples < 1:
             raise ConfigError(f"--dpo-elbo-samples must be >= 1, got {d.dpo_elbo_samples}")
+        if d.dpo_block_size is not None and d.dpo_block_size < 1:
+            raise ConfigError(f"--dpo-block-size must be >= 1 (LLaDA2.0: 32), got {d.dpo_block_size}")
         if d.block_schedule:
             raise ConfigError("--dllm-block-schedule is only used with --dllm-objective bd")
         used = [flag for flag, on in (("--dllm-token-shift", d.token_shift), ("--dllm-label-shift", d.label_shift),
                                       ("--dllm-clean-stream-causal", d.clean_stream_causal),
                                       ("--dllm-complementary-masking", d.complementary_masking),
-                                      ("--dllm-embedding-noise-std", d.embedding_noise_std > 0)) if on]
+                                      ("--dllm-embedding-noise-std", d.embedding_noise_std > 0),
+                                      ("--dllm-bd-micro-batch-size", d.bd_micro_batch_size is not None)) if on]
         if used:
-            raise ConfigError(f"{' / '.join(used)} is not used by --dllm-objective dpo (VRPO draws its own "
-                              f"noise, --dpo-sampling): leave it out")
+            raise ConfigError(f"{' / '.join(used)} is not used by --dllm-objective dpo (its noise is VRPO's, "
+                              f"--dpo-sampling; a micro-batch is --micro-batch-size pairs): leave it out")
 
     @classmethod
     def dataset_options(cls, run) -> dict:
@@ -104,17 +125,18 @@ class DpoObjective(Objective):
 
     @classmethod
     def memory_lines(cls, run, plan) -> list:
-        """What ``--dry-run`` adds to the memory plan (``model/memory.py`` MemoryPlan): the MDLM
+        """What ``--dry-run`` adds to the memory plan (``model/memory.py`` MemoryPlan): the MDLM (or BD)
         activations scaled from its micro-batch of P rows to the P x 2 x n rows of a DPO micro-batch
         (activations are linear in the rows), and the frozen reference's weights (no grads, no
         optimizer state; its forward keeps no activations)."""
         gib = 2.0 ** 30
         P, n = run.training.micro_batch_size, run.diffusion.dpo_elbo_samples
+        layout = "bd" if run.diffusion.dpo_block_size else "mdlm"
         lines = [f"DPO (GiB per GPU): a micro-batch is {P} pair(s) x 2 replies x {n} draws = {2 * P * n} rows; "
-                 f"the MDLM activations scaled to them, plus the frozen reference's weights:",
+                 f"the {layout.upper()} activations scaled to them, plus the frozen reference's weights:",
                  f"  {'stage':>5} {'act DPO':>8} {'reference':>9} {'total DPO':>9}"]
         for s in plan.stages:
-            act = s.activation_bytes["mdlm"] * 2 * n
+            act = s.activation_bytes[layout] * 2 * n
             lines.append(f"  {s.stage:>5} {act / gib:>8.2f} {s.param_bytes / gib:>9.2f} "
                          f"{(s.static_bytes + s.param_bytes + act) / gib:>9.2f}")
         return lines
@@ -133,16 +155,24 @@ class DpoObjective(Objective):
             raise ConfigError("--dllm-objective dpo supports --pipeline-model-parallel-size 1 and "
                               "--context-parallel-size 1 only (the frozen reference would have to run through "
                               "the same stages): use tensor / expert / data parallelism")
+        if d.dpo_block_size and run.model.seq_length % d.dpo_block_size:
+            raise ConfigError(f"--dpo-block-size {d.dpo_block_size} must divide --seq-length {run.model.seq_length}")
         if run.training.eval_interval:
             raise ConfigError("--eval-interval is not supported with --dllm-objective dpo (validation scores "
                               "the pretraining ELBO): leave it out")
         return cls(seq_length=run.model.seq_length, micro_batch_size=run.training.micro_batch_size,
                    attention_backend=backend, device=device, seed=run.training.seed, mask_token_id=mask_token_id,
                    beta=d.dpo_beta, sampling=elbo_sampling(d.dpo_sampling, d.dpo_elbo_samples),
+                   block_size=d.dpo_block_size,
                    reference_source=ReferenceSource.from_run(run, device))
 
+    @property
+    def model_seq_length(self) -> int:
+        """Tokens per model row: L (MDLM layout) or 2L ([xt ; x0])."""
+        return (2 if self.block_size else 1) * self.seq_length
+
     def phase_at(self, consumed_tokens: int) -> Tuple[Objective, int, str]:
-        return self, self.seq_length, "dpo"
+        return self, self.block_size or self.seq_length, "dpo"
 
     def rows_per_sample(self, step: StepContext) -> int:
         """Model rows per pair: 2 responses x n draws."""
@@ -181,15 +211,15 @@ class DpoObjective(Objective):
                 raise ValueError(f"batch has {batch[side]['tokens'].shape[1]} tokens per response, the run "
                                  f"expects --seq-length {L}")
         noise = preference_noise(batch["sample_index"], L, self.sampling, self.seed, step.iteration)
-        rows = {}
+        draws = {}
         for model in ("policy", "reference"):
-            rows[model] = [noised_draws(batch[side]["tokens"], batch[side]["loss_mask"].to(torch.bool),
+            draws[model] = [noised_draws(batch[side]["tokens"], batch[side]["loss_mask"].to(torch.bool),
                                         getattr(noise, f"{model}_{side}"), self.mask_token_id) for side in SIDES]
         P, n = batch["sample_index"].shape[0], self.sampling.num_draws
         R = P * 2 * n
 
         def stacked(model, what):  # [P, 2, n, ...]
-            return torch.stack([getattr(r, what) for r in rows[model]], dim=1)
+            return torch.stack([getattr(r, what) for r in draws[model]], dim=1)
 
         shared = self.sampling.share_reference
         x0 = torch.stack([batch[side]["tokens"] for side in SIDES], dim=1)          # [P, 2, L]
@@ -200,17 +230,21 @@ class DpoObjective(Objective):
             return x[:, :, None, :].expand(P, 2, n, L).reshape(R, L)
 
         dev = self.device
-        tokens = stacked("policy", "xt").reshape(R, L).to(dev)
-        ref_tokens = tokens if shared else stacked("reference", "xt").reshape(R, L).to(dev)
-        if self.attention_backend == "flex":
-            attention = masks.flex_block_mask("bidirectional", L, None, each_draw(docs), device=dev)
-        else:
-            attention = masks.dense_mask("bidirectional", L, None, each_draw(docs), device=dev)
-        return PairInputs(tokens=tokens, ref_tokens=ref_tokens,
-                          position_ids=torch.arange(L).expand(R, L).to(dev), attention_mask=attention,
-                          targets=each_draw(x0).to(dev), noise_mask=stacked("policy", "noise_mask").to(dev),
+        targets = each_draw(x0)
+        tokens = stacked("policy", "xt").reshape(R, L)
+        ref_tokens = tokens if shared else stacked("reference", "xt").reshape(R, L)
+        positions, rows, kind = torch.arange(L).expand(R, L), None, "bidirectional"
+        if self.block_size:  # [xt ; x0] at positions 0..L-1 twice; logits of the xt half
+            tokens, positions, rows, kind = torch.cat([tokens, targets], 1), positions.repeat(1, 2), \
+                torch.arange(L), "block_diffusion"
+            ref_tokens = tokens if shared else torch.cat([ref_tokens, targets], 1)
+        build = masks.flex_block_mask if self.attention_backend == "flex" else masks.dense_mask
+        attention = build(kind, L, self.block_size, each_draw(docs), device=dev)
+        return PairInputs(tokens=tokens.to(dev), ref_tokens=ref_tokens.to(dev), position_ids=positions.to(dev),
+                          attention_mask=attention, targets=targets.to(dev),
+                          noise_mask=stacked("policy", "noise_mask").to(dev),
                           ref_noise_mask=stacked("reference", "noise_mask").to(dev), t=stacked("policy", "t"),
-                          ref_t=stacked("reference", "t"), response=response.to(dev))
+                          ref_t=stacked("reference", "t"), response=response.to(dev), logits_index=rows)
 
     def _elbos(self, logits: torch.Tensor, inputs: PairInputs, reference: bool):
         """(ELBO of the chosen [P], of the rejected [P], ce [R, L], correct [R, L]) from vocab-parallel logits."""
@@ -231,7 +265,8 @@ class DpoObjective(Objective):
             raise ValueError("the DPO objective has no reference model: build it with objective_for(run, ...) "
                              "and attach(chunks), or with_reference(model)")
         with torch.no_grad():
-            logits = chunks[0](inputs.ref_tokens, inputs.position_ids, inputs.attention_mask)
+            logits = chunks[0](inputs.ref_tokens, inputs.position_ids, inputs.attention_mask,
+                               logits_index=inputs.logits_index)
             chosen, rejected, _, _ = self._elbos(logits, inputs, reference=True)
         return chosen, rejected
 
@@ -261,7 +296,8 @@ class DpoObjective(Objective):
         def forward_step(data_iterator, model):
             inputs = self.prepare_inputs(next(data_iterator), step)
             reference = self.reference_elbos(inputs)
-            logits = model(inputs.tokens, inputs.position_ids, inputs.attention_mask)
+            logits = model(inputs.tokens, inputs.position_ids, inputs.attention_mask,
+                           logits_index=inputs.logits_index)
             return logits, self.loss_func(inputs, step, reference)
 
         return forward_step

@@ -12,6 +12,7 @@ import re
 from megatron_dllm.config import ConfigError, validate
 from megatron_dllm.config_ranges import check_ranges
 from megatron_dllm.objectives import objective_type
+from megatron_dllm.objectives.dpo import check_dpo_flags
 from megatron_dllm.objectives.sft import check_sft_flags
 
 
@@ -47,6 +48,7 @@ def check_run(run, world_size: int, files: bool = True) -> None:
     objective = objective_type(d.objective)
     objective.check_config(d)  # the options this objective cannot honour
     check_sft_flags(d)  # SFT-only flags given to another objective
+    check_dpo_flags(d)  # DPO-only flags given to another objective
     objective.block_schedule(run)  # parses and checks every block size divides --seq-length
     if (d.t_low is None) != (d.t_high is None):
         raise ConfigError("give both --dllm-t-low and --dllm-t-high, or neither")

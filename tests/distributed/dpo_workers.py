@@ -26,16 +26,21 @@ def _batch():
     return PairDataset.collate([data[i] for i in PAIRS], PAIRS)
 
 
-def _scorer(model, batch, n):
-    """score(xt, targets) for dpo_estimate: called for policy / reference, chosen then rejected."""
+def _scorer(model, batch, n, block=None):
+    """score(xt, targets) for dpo_estimate: called for policy / reference, chosen then rejected; the
+    MDLM layout, or with ``block`` the block-diffusion input [xt ; x0] (logits of the xt half)."""
     calls = []
 
     def score(xt, targets):
         side = ("chosen", "rejected")[len(calls) % 2]
         calls.append(side)
         docs = batch[side]["document_ids"].repeat_interleave(n, dim=0)
-        mask = masks.dense_mask("bidirectional", L, None, docs)
-        logits = model(xt, torch.arange(L).expand(xt.shape[0], L), mask)
+        positions = torch.arange(L).expand(xt.shape[0], L)
+        if block is None:
+            logits = model(xt, positions, masks.dense_mask("bidirectional", L, None, docs))
+        else:
+            logits = model(torch.cat([xt, targets], 1), positions.repeat(1, 2),
+                           masks.dense_mask("block_diffusion", L, block, docs))[:, :L]
         return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None])[..., 0]
 
     return score
@@ -44,7 +49,7 @@ def _scorer(model, batch, n):
 def _objective_loss(objective, model, batch, step):
     inputs = objective.prepare_inputs(batch, step)
     reference = objective.reference_elbos(inputs)
-    logits = model(inputs.tokens, inputs.position_ids, inputs.attention_mask)
+    logits = model(inputs.tokens, inputs.position_ids, inputs.attention_mask, logits_index=inputs.logits_index)
     loss_sum, count, report = objective.loss_func(inputs, step, reference)(logits)
     return inputs, reference, loss_sum, int(count), report
 
@@ -60,20 +65,21 @@ def dpo_unit_worker(rank, world_size):
     batch = _batch()
     step = StepContext(iteration=ITERATION, block_size=L)
     out = {}
-    for name, sampling in (("vrpo", vrpo(3)), ("naive", naive(2))):
+    for name, sampling, block in (("vrpo", vrpo(3), None), ("naive", naive(2), None), ("bd", vrpo(2), 16),
+                                  ("bd_naive", naive(2), 16)):
         objective = DpoObjective(seq_length=L, micro_batch_size=len(PAIRS), seed=SEED, mask_token_id=MASK,
-                                 beta=BETA, sampling=sampling).with_reference(reference)
+                                 beta=BETA, sampling=sampling, block_size=block).with_reference(reference)
         with torch.no_grad():
             inputs, _, loss_sum, count, report = _objective_loss(objective, policy, batch, step)
             pb = PreferenceBatch(chosen=batch["chosen"]["tokens"], rejected=batch["rejected"]["tokens"],
                                  chosen_mask=batch["chosen"]["loss_mask"], rejected_mask=batch["rejected"]["loss_mask"],
                                  pair_indices=PAIRS)
             n = sampling.num_draws
-            want = dpo_estimate(_scorer(policy, batch, n), _scorer(reference, batch, n), pb, sampling, BETA, MASK,
-                                SEED, ITERATION)
+            want = dpo_estimate(_scorer(policy, batch, n, block), _scorer(reference, batch, n, block), pb, sampling,
+                                BETA, MASK, SEED, ITERATION)
         x0 = torch.stack([batch[s]["tokens"] for s in ("chosen", "rejected")], dim=1)
         prompt = ~inputs.response
-        tokens = inputs.tokens.view(len(PAIRS), 2, n, L)
+        tokens = inputs.tokens[:, :L].reshape(len(PAIRS), 2, n, L)
         out[name] = {
             "loss": (loss_sum.item(), want.loss.sum().item()), "count": count,
             "margin": (report["margin_sum"].item(), want.margin.sum().item()),
@@ -83,6 +89,7 @@ def dpo_unit_worker(rank, world_size):
             "prompt_noised": int((inputs.noise_mask & prompt[:, :, None, :]).sum()),
             "prompt_changed": int(((tokens != x0[:, :, None, :]) & prompt[:, :, None, :]).sum()),
             "shared_rows": inputs.ref_tokens is inputs.tokens,
+            "clean_half": None if block is None else bool(torch.equal(inputs.tokens[:, L:], inputs.targets)),
         }
 
     # hand computation on fixed ELBOs: logits 0 give log p = -log V at every position

@@ -1,7 +1,7 @@
 """The DPO objective on a real tiny model (tests/distributed/dpo_workers.py): its loss equals
 ``dpo_estimate`` (the reference form over scoring callables) for the same seed and iteration, under
-VRPO and naive noise, equals a hand computation on fixed ELBOs, never noises the prompt, and trains
-the policy only."""
+VRPO and naive noise, in the MDLM and the block-diffusion layout, equals a hand computation on fixed
+ELBOs, never noises the prompt, and trains the policy only."""
 
 import pytest
 
@@ -14,7 +14,7 @@ def dpo():
     return run_ranks(dpo_unit_worker, 1, timeout=300)[0]
 
 
-@pytest.mark.parametrize("sampling", ["vrpo", "naive"])
+@pytest.mark.parametrize("sampling", ["vrpo", "naive", "bd", "bd_naive"])
 def test_loss_equals_the_reference_estimate(dpo, sampling):
     got = dpo[sampling]
     assert got["count"] == len(PAIRS)
@@ -27,14 +27,17 @@ def test_loss_equals_the_reference_estimate(dpo, sampling):
 def test_rows_are_pairs_times_responses_times_draws(dpo):
     assert dpo["vrpo"]["rows"] == (len(PAIRS) * 2 * 3, 64)
     assert dpo["naive"]["rows"] == (len(PAIRS) * 2 * 2, 64)
+    assert dpo["bd"]["rows"] == (len(PAIRS) * 2 * 2, 128)  # [xt ; x0]
+    assert dpo["bd"]["clean_half"] is True and dpo["bd_naive"]["clean_half"] is True
 
 
 def test_reference_scores_the_policy_rows_under_vrpo_only(dpo):
     assert dpo["vrpo"]["shared_rows"] is True
     assert dpo["naive"]["shared_rows"] is False
+    assert dpo["bd"]["shared_rows"] is True and dpo["bd_naive"]["shared_rows"] is False
 
 
-@pytest.mark.parametrize("sampling", ["vrpo", "naive"])
+@pytest.mark.parametrize("sampling", ["vrpo", "naive", "bd", "bd_naive"])
 def test_prompt_is_never_noised(dpo, sampling):
     assert dpo[sampling]["prompt_noised"] == 0
     assert dpo[sampling]["prompt_changed"] == 0

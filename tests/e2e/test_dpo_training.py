@@ -1,6 +1,7 @@
 """DPO from the pretraining entry point (``--dllm-objective dpo --ref-load DIR``) on CPU: TP2 / EP2 /
-DP2 with the distributed optimizer equal one rank, a resume mid-DPO is bit-exact, preprocessed
-addition pairs train with a logged margin and accuracy, and a missing --ref-load is one line."""
+DP2 with the distributed optimizer equal one rank (MDLM layout; TP2 also in the block-diffusion
+layout), a resume mid-DPO is bit-exact, preprocessed addition pairs train with a logged margin and
+accuracy, and a missing --ref-load is one line."""
 
 import os
 import subprocess
@@ -60,6 +61,20 @@ def test_parallel_layouts_match_one_rank(reference, straight, tmp_path, layout):
         for key in KEYS:
             # margin and kl are built from B_pi - B_ref, a difference of ELBOs of hundreds of nats whose
             # fp32 rounding (ulp ~3e-5, changed by the TP / EP / DP reduction order) they keep
+            rel, tol = (1e-4, 1e-5) if key in ("reward_margin", "kl") else (1e-5, 1e-6)
+            assert g[key] == pytest.approx(want[key], rel=rel, abs=tol), (g["iteration"], key)
+
+
+def test_block_diffusion_layout_at_tp2_matches_one_rank(reference, tmp_path):
+    bd = _dpo(reference) + ["--dpo-block-size", "16", "--exit-interval", "2"]
+    pretrain(bd + ["--metrics-path", str(tmp_path / "one.jsonl")])
+    pretrain(bd + ["--tensor-model-parallel-size", "2", "--sequence-parallel", "--metrics-path",
+                   str(tmp_path / "tp2.jsonl")], nproc=2)
+    one, tp2 = metrics(str(tmp_path / "one.jsonl")), metrics(str(tmp_path / "tp2.jsonl"))
+    assert [r["iteration"] for r in one] == [r["iteration"] for r in tp2] == [1, 2]
+    assert one[0]["loss"] == pytest.approx(0.6931471805599453, abs=1e-6) and one[1]["reward_margin"] != 0.0
+    for g, want in zip(tp2, one):
+        for key in KEYS:
             rel, tol = (1e-4, 1e-5) if key in ("reward_margin", "kl") else (1e-5, 1e-6)
             assert g[key] == pytest.approx(want[key], rel=rel, abs=tol), (g["iteration"], key)
 

@@ -26,9 +26,13 @@ def _run(*flags):
          "the policy starts from)"),
     (["--ref-load", "r", "--dpo-beta", "0"], "--dpo-beta must be > 0 (LLaDA2.0: 0.1), got 0.0"),
     (["--ref-load", "r", "--dpo-elbo-samples", "0"], "--dpo-elbo-samples must be >= 1, got 0"),
+    (["--ref-load", "r", "--dpo-block-size", "0"], "--dpo-block-size must be >= 1 (LLaDA2.0: 32), got 0"),
+    (["--ref-load", "r", "--dllm-bd-micro-batch-size", "1"],
+     "--dllm-bd-micro-batch-size is not used by --dllm-objective dpo (its noise is VRPO's, "
+     "--dpo-sampling; a micro-batch is --micro-batch-size pairs): leave it out"),
     (["--ref-load", "r", "--dllm-complementary-masking"],
-     "--dllm-complementary-masking is not used by --dllm-objective dpo (VRPO draws its own noise, "
-     "--dpo-sampling): leave it out"),
+     "--dllm-complementary-masking is not used by --dllm-objective dpo (its noise is VRPO's, "
+     "--dpo-sampling; a micro-batch is --micro-batch-size pairs): leave it out"),
 ])
 def test_dpo_checks_its_options(flags, message):
     run = _run(*flags)
@@ -43,10 +47,25 @@ def test_dpo_checks_its_options(flags, message):
      "frozen reference would have to run through the same stages): use tensor / expert / data parallelism"),
     (["--eval-interval", "1"], "--eval-interval is not supported with --dllm-objective dpo (validation scores "
                                "the pretraining ELBO): leave it out"),
+    (["--dpo-block-size", "24"], "--dpo-block-size 24 must divide --seq-length 64"),
 ])
 def test_dpo_refuses_layouts_it_cannot_run(flags, message):
     with pytest.raises(ConfigError) as exc:
         objective_for(_run("--ref-load", "r", *flags), mask_token_id=255, device="cpu")
+    assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--ref-load", "r"], "--ref-load is a DPO option: use with --dllm-objective dpo"),
+    (["--dpo-beta", "0.2", "--dpo-block-size", "16"],
+     "--dpo-beta / --dpo-block-size are DPO options: use with --dllm-objective dpo"),
+])
+def test_dpo_flags_are_refused_with_other_objectives(flags, message):
+    from megatron_dllm.train.preflight import check_run
+
+    run = parse_args(BASE[:-1] + ["mdlm"] + flags)
+    with pytest.raises(ConfigError) as exc:
+        check_run(run, 1)
     assert str(exc.value) == message
 
 
@@ -61,6 +80,9 @@ def test_dpo_objective_from_the_flags():
     assert objective.rows_per_sample(step) == 6 and objective.model_seq_length == L
     naive_objective = objective_for(_run("--ref-load", "r", "--dpo-sampling", "naive"), 255, "cpu")
     assert naive_objective.sampling == naive(4)
+    assert objective.block_size is None
+    bd = objective_for(_run("--ref-load", "r", "--dpo-block-size", "16"), 255, "cpu")
+    assert bd.block_size == 16 and bd.model_seq_length == 2 * L and bd.phase_at(0) == (bd, 16, "dpo")
 
 
 def test_logged_metrics_are_per_pair_means():
@@ -110,7 +132,8 @@ def test_llada2_mini_dpo_example_parses_and_dry_runs(tmp_path, capsys, monkeypat
                            "examples", "configs", "llada2_mini_dpo.yaml")
     run = parse_args(["--config", example, "--mock-data"])
     d = run.diffusion
-    assert (d.objective, d.dpo_beta, d.dpo_elbo_samples, d.dpo_sampling) == ("dpo", 0.1, 2, "vrpo")
+    assert (d.objective, d.dpo_beta, d.dpo_elbo_samples, d.dpo_sampling, d.dpo_block_size) == ("dpo", 0.1, 2, "vrpo",
+                                                                                              32)
     assert run.checkpoint.finetune and d.ref_load and run.parallel.pipeline_model_parallel_size == 1
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.delenv("RANK", raising=False)
@@ -119,10 +142,11 @@ def test_llada2_mini_dpo_example_parses_and_dry_runs(tmp_path, capsys, monkeypat
                  "--save", str(tmp_path / "dpo"), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert '  "objective": "dpo",' in out and any("world_size 8," in line for line in out)
-    # the DPO plan: 1 pair x 2 replies x 2 draws; the reference's weights are the policy's weights column
+    # the DPO plan: 1 pair x 2 replies x 2 draws in the BD layout; the reference's weights are the
+    # policy's weights column
     plan = out[out.index(next(line for line in out if line.startswith("memory per GPU"))) + 2].split()
     assert out[-3].startswith("DPO (GiB per GPU): a micro-batch is 1 pair(s) x 2 replies x 2 draws = 4 rows")
     stage, act, reference, total = out[-1].split()
-    assert reference == plan[2] and float(act) == pytest.approx(4 * float(plan[6]), abs=0.02)
+    assert reference == plan[2] and float(act) == pytest.approx(4 * float(plan[5]), abs=0.02)
     assert float(total) == pytest.approx(sum(float(x) for x in plan[2:5]) + float(reference) + float(act), abs=0.03)
     assert not os.listdir(tmp_path)

@@ -1,6 +1,7 @@
 """Training under context parallelism equals one rank (fp32, gloo): loss, loss tokens and gradient norm
 of two optimizer steps within 1e-5 relative, for block diffusion with packed documents, the MDLM phase
-(a BD curriculum's stable stage) and AR; CP 2 and 4, and CP 2 with TP 2 (sequence parallel), EP 2, PP 2."""
+(a BD curriculum's stable stage) and AR; CP 2 and 4, and CP 2 with TP 2 (sequence parallel), EP 2, PP 2
+and DP 2 with the distributed optimizer (sharded over DP x CP)."""
 
 import pytest
 
@@ -18,7 +19,8 @@ TWO = [("cp2 dense bd", "dense bd", CP2), ("cp2 moe bd", "moe bd", CP2), ("cp2 m
 FOUR = [("cp4 moe bd", "moe bd", CP4),
         ("cp2 tp2 moe bd", "moe bd", CP2 + ["--tensor-model-parallel-size", "2", "--sequence-parallel"]),
         ("cp2 ep2 moe bd", "moe bd", CP2 + ["--expert-model-parallel-size", "2"]),
-        ("cp2 pp2 dense bd", "dense bd", CP2 + ["--pipeline-model-parallel-size", "2"])]
+        ("cp2 pp2 dense bd", "dense bd", CP2 + ["--pipeline-model-parallel-size", "2"]),
+        ("cp2 dp2 moe bd", "moe bd", CP2 + ["--use-distributed-optimizer"])]
 STEPS = 2
 
 

@@ -96,16 +96,11 @@ class DpoObjective(Objective):
 
     @classmethod
     def check_config(cls, d) -> None:
-        """ConfigError without --ref-load, for a bad beta / n, or for a pretraining-only option."""
+        """ConfigError without --ref-load or for a pretraining-only option (the ranges of --dpo-beta,
+        --dpo-elbo-samples and --dpo-block-size are checked with every number: ``config_ranges``)."""
         if not d.ref_load:
             raise ConfigError("--dllm-objective dpo needs --ref-load DIR: the frozen reference checkpoint "
                               "(usually the SFT model the policy starts from)")
-        if not d.dpo_beta > 0:
-            raise ConfigError(f"--dpo-beta must be > 0 (LLaDA2.0: 0.1), got {d.dpo_beta}")
-        if d.dpo_elbo_samples < 1:
-            raise ConfigError(f"--dpo-elbo-samples must be >= 1, got {d.dpo_elbo_samples}")
-        if d.dpo_block_size is not None and d.dpo_block_size < 1:
-            raise ConfigError(f"--dpo-block-size must be >= 1 (LLaDA2.0: 32), got {d.dpo_block_size}")
         if d.block_schedule:
             raise ConfigError("--dllm-block-schedule is only used with --dllm-objective bd")
         used = [flag for flag, on in (("--dllm-token-shift", d.token_shift), ("--dllm-label-shift", d.label_shift),

@@ -178,17 +178,25 @@ def build_variants(S: int, heads: int, groups: int, head_dim: int, block: int, d
     return variants, persistent, dense_float_mask, allowed, mask_mib
 
 
-def worker(args) -> dict:
-    """One sequence length in this (fresh) process: memory, then interleaved timing."""
+def prepare_process(device: str, threads: int) -> None:
+    """A fresh benchmark process: quiet, eager memory release on CPU, ``threads`` torch threads (0 =
+    torch's default), the process group and one-rank model parallelism."""
     warnings.filterwarnings("ignore")
-    device = args.device
     if device == "cpu":
         common.release_freed_memory_eagerly()
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if threads:
+        torch.set_num_threads(threads)
     _init_parallel(device)
+
+
+def worker(args) -> dict:
+    """One sequence length in this (fresh) process: memory, then interleaved timing."""
+    device = args.device
+    prepare_process(device, args.threads)
+    import torch
+
     S = args.seq[0]
     variants, persistent, dense_float_mask, allowed, mask_mib = build_variants(
         S, args.heads, args.groups, args.head_dim, args.block, device, args.prototypes)

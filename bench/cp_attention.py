@@ -19,13 +19,12 @@ import argparse
 import json
 import os
 import sys
-import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
-from attention import _config, _init_parallel, document_ids  # noqa: E402
+from attention import _config, document_ids, prepare_process  # noqa: E402
 
 GOALS = {2: 0.6, 4: 0.35}
 
@@ -43,10 +42,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore")
     device = args.device
-    if device == "cpu":
-        common.release_freed_memory_eagerly()
+    prepare_process(device, args.threads)
     import torch
     from megatron.core.transformer.enums import AttnMaskType
 
@@ -54,9 +51,6 @@ def main(argv=None) -> int:
     from megatron_dllm.diffusion.masks import block_diffusion_mask, flex_block_mask
     from megatron_dllm.model.core_attention import DiffusionCoreAttention
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    _init_parallel(device)
     cuda = device == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
     S, L = args.seq, args.seq // 2

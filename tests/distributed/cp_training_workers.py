@@ -18,26 +18,10 @@ def train(preset: str, flags: List[str], steps: int, world_size: int) -> Dict[st
     """Loss sum, loss tokens and gradient norm of each of ``steps`` optimizer steps."""
     from megatron.core import parallel_state
 
-    from megatron_dllm.arguments import parse_args
-    from megatron_dllm.train.loop import run_step
-    from megatron_dllm.train.preflight import check_run
-    from megatron_dllm.train.setup import setup_run
+    from tests.distributed.train_steps import setup_from_flags, take_steps
 
-    run = parse_args(["--preset", preset] + COMMON + flags)
-    check_run(run, world_size)
-    setup = setup_run(run, "cpu")
-    state, out = setup.state, {"loss_sum": [], "num_tokens": [], "grad_norm": [], "layouts": []}
-    for _ in range(steps):
-        objective, block, _ = setup.objective.phase_at(state.consumed_tokens)
-        step = run_step(setup, objective, block)
-        assert step["updated"], step
-        out["loss_sum"].append(float(step["totals"]["loss_sum"]))
-        out["num_tokens"].append(float(step["totals"]["num_tokens"]))
-        out["grad_norm"].append(float(step["grad_norm"]))
-        out["layouts"].append(objective.layout)
-        state.iteration += 1
-        state.consumed_samples += run.training.global_batch_size
-        state.consumed_tokens += run.training.global_batch_size * run.model.seq_length
+    run, setup = setup_from_flags(["--preset", preset] + COMMON + flags, world_size)
+    out = take_steps(run, setup, steps)
     out["context_parallel"] = setup.model[0].config.context_parallel_size  # reached Megatron-Core's config
     out["objective_cp"] = setup.objective.context_parallel
     parallel_state.destroy_model_parallel()

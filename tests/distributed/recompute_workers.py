@@ -10,27 +10,12 @@ import torch
 def _train(preset: str, extra: List[str], steps: int) -> Dict[str, object]:
     from megatron.core import parallel_state
 
-    from megatron_dllm.arguments import parse_args
-    from megatron_dllm.train.loop import run_step
-    from megatron_dllm.train.preflight import check_run
-    from megatron_dllm.train.setup import setup_run
+    from tests.distributed.train_steps import setup_from_flags, take_steps
 
-    run = parse_args(["--preset", preset, "--mock-data", "--device", "cpu", "--log-interval", "1000",
-                      "--seq-length", "64", "--micro-batch-size", "4", "--global-batch-size", "8",
-                      "--lr", "3e-3", "--train-iters", "20"] + extra)
-    check_run(run, 1)
-    setup = setup_run(run, "cpu")
-    state, out = setup.state, {"loss_sum": [], "grad_norm": [], "layouts": []}
-    for _ in range(steps):
-        objective, block, _ = setup.objective.phase_at(state.consumed_tokens)
-        step = run_step(setup, objective, block)
-        assert step["updated"], step
-        out["loss_sum"].append(float(step["totals"]["loss_sum"]))
-        out["grad_norm"].append(float(step["grad_norm"]))
-        out["layouts"].append(objective.layout)
-        state.iteration += 1
-        state.consumed_samples += run.training.global_batch_size
-        state.consumed_tokens += run.training.global_batch_size * run.model.seq_length
+    run, setup = setup_from_flags(["--preset", preset, "--mock-data", "--device", "cpu", "--log-interval", "1000",
+                                   "--seq-length", "64", "--micro-batch-size", "4", "--global-batch-size", "8",
+                                   "--lr", "3e-3", "--train-iters", "20"] + extra, 1)
+    out = take_steps(run, setup, steps)
     params = [p.detach().clone() for chunk in setup.model for p in chunk.parameters()]
     buffers = [b.detach().clone() for chunk in setup.model for n, b in chunk.named_buffers() if "expert_bias" in n]
     out["params"], out["expert_bias"] = params, buffers

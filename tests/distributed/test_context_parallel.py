@@ -10,11 +10,11 @@ import torch
 from tests.distributed import cp_workers as W
 from tests.distributed.harness import run_ranks
 
+# The training-level test (test_context_parallel_training.py) covers more layouts; these check every
+# rank's logits row by row, for both splits and the three masks.
 CASES = [
-    ("tiny-dense", "block_diffusion", True, 2, "balanced"),
-    ("tiny-moe", "block_diffusion", True, 2, "balanced"),
-    ("tiny-moe", "block_diffusion", True, 4, "zigzag"),
-    ("tiny-dense", "bidirectional", True, 4, "balanced"),
+    ("tiny-moe", "block_diffusion", True, 4, "balanced"),
+    ("tiny-dense", "bidirectional", True, 2, "zigzag"),
     ("tiny-moe", "block_causal", False, 2, "balanced"),
 ]
 

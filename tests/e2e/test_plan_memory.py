@@ -126,15 +126,15 @@ def _cp_plan(cp, *extra):
 
 
 def test_context_parallel_shares_activations_and_optimizer_state():
-    one, two, four = _cp_plan(1, "--dp", "8"), _cp_plan(2, "--dp", "4"), _cp_plan(4, "--dp", "2")
+    one, two = _cp_plan(1, "--dp", "8"), _cp_plan(2, "--dp", "4")
     assert two["layout"]["context_parallel_size"] == 2 and two["layout"]["data_parallel_size"] == 4
-    s1, s2, s4 = one["stages"][0], two["stages"][0], four["stages"][0]
-    assert s1["param_bytes"] == s2["param_bytes"] == s4["param_bytes"]  # CP replicates the weights
+    s1, s2 = one["stages"][0], two["stages"][0]
+    assert s1["param_bytes"] == s2["param_bytes"]  # CP replicates the weights
     assert s1["optimizer_bytes"] == s2["optimizer_bytes"]  # sharded over DP x CP = 8 either way
     for layout in ("bd", "mdlm"):
         # each rank holds 1/CP of the tokens, plus the gathered keys / values of every layer
-        a1, a2, a4 = (s["activation_bytes"][layout] for s in (s1, s2, s4))
-        assert a1 / 2 < a2 < 0.55 * a1 and a2 / 2 < a4 < 0.55 * a2
+        a1, a2 = (s["activation_bytes"][layout] for s in (s1, s2))
+        assert a1 / 2 < a2 < 0.55 * a1
 
 
 @pytest.mark.parametrize("config", ["llada2_mini_32k.yaml", "llada2_flash_32k.yaml"])

@@ -33,7 +33,7 @@ of the input.
 are contiguous runs of ids), and :func:`imbalance` is the busiest rank's work over the mean, the
 balance figure of the README's table.
 
-Pure torch; nothing here imports megatron or torch.distributed.
+Pure torch, like the rest of this package (tests/unit/test_diffusion_purity.py).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import Optional
 
 import torch
 
-from megatron_dllm.diffusion.masks import KINDS
+from .masks import KINDS
 
 STRATEGIES = ("balanced", "snake", "zigzag", "contiguous")
 MAX_CHUNK = 128  # FlexAttention's tile

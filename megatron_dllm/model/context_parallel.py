@@ -17,6 +17,7 @@ which sets it on every core-attention module for the call, as ``position_ids`` d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.distributed as dist
@@ -46,6 +47,7 @@ class ContextParallelSplit:
         """[S / N] positions of the rank this split was made for."""
         return self.rows[self.rank]
 
+    @cached_property
     def key_order(self) -> torch.Tensor:
         """[S]: index into the rank-order concatenation of all rows that puts it in position order."""
         return torch.argsort(self.rows.reshape(-1))
@@ -87,4 +89,4 @@ def gather_keys(local: torch.Tensor, split: ContextParallelSplit, group) -> torc
         raise ValueError(f"this rank holds {local.shape[0]} positions; the CP split gives each rank "
                          f"{split.total // size}")
     gathered = _GatherSequence.apply(local, group)
-    return gathered.index_select(0, split.key_order().to(local.device))
+    return gathered.index_select(0, split.key_order.to(local.device))

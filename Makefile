@@ -3,6 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# test worker processes (pytest-xdist); each test file runs whole in one worker, so a module's
+# fixtures are built once. Most tests run single-threaded subprocesses: two workers use both cores.
+TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: setup test demo clean
@@ -21,7 +24,7 @@ $(STAMP): setup.py
 	@touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 demo: setup
 	$(PY) -m megatron_dllm.demo

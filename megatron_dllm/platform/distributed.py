@@ -14,8 +14,34 @@ from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 from megatron_dllm.config import ParallelConfig
 
 
+def _ephemeral_low(default: int = 32768) -> int:
+    """The first port of the kernel's ephemeral range (what outgoing connections are given)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            return int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
 def free_port() -> int:
-    """A TCP port on localhost that is free right now."""
+    """A TCP port on localhost that is free right now.
+
+    Drawn at random below the kernel's ephemeral range (from 10000), so that the connections other
+    processes open (gloo, torchrun, HTTP) cannot be handed the port between this call and the
+    rendezvous binding it; the OS's choice when no such port binds."""
+    import random
+
+    low = _ephemeral_low()
+    candidates = range(10000, low) if low > 11000 else range(0)
+    rng = random.SystemRandom()
+    for _ in range(64 if len(candidates) else 0):
+        port = rng.choice(candidates)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

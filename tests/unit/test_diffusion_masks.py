@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+import torch._dynamo
 import torch.nn.functional as F
 
 from megatron_dllm.diffusion import masks as M
@@ -188,7 +189,9 @@ def test_flex_block_mask_agrees_with_dense(kind):
         n = dense.shape[-1]
         B = 2
         q, k, v = (torch.randn(B, 2, n, 8, generator=gen, dtype=torch.float64) for _ in range(3))
-        with warnings.catch_warnings():
+        # flex_attention compiles itself: dynamo on, whatever an earlier test in this process set
+        # (the CPU shims turn it off process-wide)
+        with warnings.catch_warnings(), torch._dynamo.config.patch(disable=False):
             warnings.simplefilter("ignore")
             out_flex = flex_attention(q, k, v, block_mask=bm)
         attn = dense[:, None] if dense.dim() == 3 else dense

@@ -78,7 +78,11 @@ def _inputs(args):
         run = parse_args(["--config", args.config])
         name, model, parallel = run.preset or os.path.basename(args.config), run.model, run.parallel
         t = run.training
+        from megatron_dllm.objectives import objective_type
+
         opts = PlanOptions(micro_batch_size=t.micro_batch_size,
+                           rows_per_sample=objective_type(run.diffusion.objective).training_rows_per_sample(
+                               run.diffusion),
                            bd_micro_batch_size=run.diffusion.bd_micro_batch_size,
                            global_batch_size=t.global_batch_size, bf16=t.bf16,
                            distributed_optimizer=t.use_distributed_optimizer,
@@ -149,7 +153,8 @@ def _table(name, model, parallel, opts, plan, args) -> str:
         + f" x DP {dp} ({', '.join(extras)}; world {tp * pp * cp * dp})",
         f"L {opts.seq_length or model.seq_length}; BD input 2L x micro-batch "
         f"{opts.bd_micro_batch_size or opts.micro_batch_size}, MDLM input L x micro-batch {opts.micro_batch_size}; "
-        f"micro-batches per step {micro['bd']} (BD) / {micro['mdlm']} (MDLM)",
+        f"micro-batches per step {micro['bd']} (BD) / {micro['mdlm']} (MDLM)"
+        + (f"; x{opts.rows_per_sample} rows per sample (complementary copies)" if opts.rows_per_sample > 1 else ""),
         f"{'bf16' if opts.bf16 else 'fp32'}, {'distributed' if opts.distributed_optimizer else 'replicated'} "
         f"optimizer, recompute {opts.recompute}, attention {backend} ({opts.device})",
         "",

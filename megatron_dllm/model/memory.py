@@ -61,6 +61,7 @@ class PlanOptions:
     overlap_grad_reduce: bool = False
     recompute: str = "none"
     attention_backend: Optional[str] = None       # default: flex on cuda, sdpa on cpu
+    rows_per_sample: int = 1                      # 2 with complementary copies (SFT; --dllm-complementary-masking)
 
 
 @dataclass
@@ -342,7 +343,8 @@ def _activation_bytes(model_cfg, parallel, opts, moe_layers, pp_rank, layout):
         recompute=opts.recompute, cp=cp)
     local = L // cp
     return activations.stage_bytes(
-        model_cfg, moe_layers, env, seq=2 * local if bd else local, micro_batch=_micro_batch_size(opts, layout),
+        model_cfg, moe_layers, env, seq=2 * local if bd else local,
+        micro_batch=_micro_batch_size(opts, layout) * opts.rows_per_sample,
         loss_positions=local,
         logit_positions=local if (bd and not parallel.sequence_parallel) else (2 * local if bd else local),
         vocab_per_rank=model_cfg.padded_vocab_size(tp) // tp, pp_rank=pp_rank,

@@ -80,6 +80,12 @@ class Objective:
     uses_mask_token: ClassVar[bool] = True
 
     @classmethod
+    def training_rows_per_sample(cls, d) -> int:
+        """Model rows per data sample of a training step, from the DiffusionConfig ``d`` (what the
+        memory planner multiplies a micro-batch's activations by): 1 here."""
+        return 1
+
+    @classmethod
     def micro_batch_size_of(cls, micro_batch_size: int, bd_micro_batch_size: Optional[int]) -> int:
         """The micro-batch size of this objective's steps (--micro-batch-size / --dllm-bd-micro-batch-size)."""
         return micro_batch_size

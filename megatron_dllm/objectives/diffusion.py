@@ -76,6 +76,11 @@ class DiffusionObjective(Objective):
     def rows_per_sample(self, step: StepContext) -> int:
         return 2 if self.complementary and step.training else 1
 
+    @classmethod
+    def training_rows_per_sample(cls, d) -> int:
+        """2 with --dllm-complementary-masking (each sample and its complementary copy), else 1."""
+        return 2 if d.complementary_masking else 1
+
     def eval_points(self) -> List[Optional[float]]:
         """K midpoints of the t range: a midpoint rule over t (train/evaluation.py)."""
         n = self.noise

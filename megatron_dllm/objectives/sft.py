@@ -95,6 +95,11 @@ class SftObjective(BlockDiffusionObjective):
             raise ConfigError(f"--dllm-cap-weight {d.cap_weight} must be a finite number >= 0 (0: no CAP term)")
 
     @classmethod
+    def training_rows_per_sample(cls, d) -> int:
+        """2: SFT always trains each sample with its complementary copy."""
+        return 2
+
+    @classmethod
     def block_schedule(cls, run) -> BlockSchedule:
         """One block size for the whole run; ConfigError unless it divides --seq-length."""
         block, L = sft_block_size(run.diffusion), run.model.seq_length

@@ -50,8 +50,11 @@ def plan_options(run, world_size: int):
     """PlanOptions of the memory planner for this run (GPU unless --device cpu)."""
     from megatron_dllm.model.memory import PlanOptions
 
+    from megatron_dllm.objectives import objective_type
+
     t, d = run.training, run.diffusion
     return PlanOptions(
+        rows_per_sample=objective_type(d.objective).training_rows_per_sample(d),
         data_parallel_size=run.parallel.data_parallel_size(world_size),
         micro_batch_size=t.micro_batch_size, bd_micro_batch_size=d.bd_micro_batch_size,
         global_batch_size=t.global_batch_size, bf16=t.bf16,
@@ -95,7 +98,9 @@ def build_and_plan(run, world_size: int):
 def _memory_lines(plan, opts) -> list:
     lines = [f"memory per GPU (GiB; {'bf16' if opts.bf16 else 'fp32'}, "
              f"{'distributed' if opts.distributed_optimizer else 'replicated'} optimizer, recompute "
-             f"{opts.recompute}, {opts.device}; activations are an estimate, model/activations.py):",
+             f"{opts.recompute}, {opts.device}; activations are an estimate, model/activations.py"
+             + (f", {opts.rows_per_sample} model rows per sample: complementary copies" if opts.rows_per_sample > 1
+                else "") + "):",
              f"  {'stage':>5} {'params':>9} {'weights':>8} {'grads':>7} {'optim':>7} {'act BD':>7} "
              f"{'act MDLM':>8} {'total BD':>9} {'total MDLM':>10}"]
     for s in plan.stages:

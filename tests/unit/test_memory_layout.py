@@ -36,3 +36,29 @@ def test_inflight_units_value_table():
     # interleaved (2 chunks per rank): 2 (PP - rank - 1) + (vpp - 1) PP + 1 chunk passes
     assert [inflight_units(r, 4, 2, None) for r in range(4)] == [11, 9, 7, 5]
     assert inflight_units(0, 1, 1, None) == 1
+
+
+def test_complementary_copies_count_as_rows_in_the_activations():
+    """A sample trained with its complementary copy (SFT always, --dllm-complementary-masking) puts
+    2 x micro-batch rows through the model: the planner counts them (before, SFT plans were ~2x low)."""
+    import dataclasses
+
+    from megatron_dllm.arguments import parse_args
+    from megatron_dllm.config import ParallelConfig
+    from megatron_dllm.model.memory import PlanOptions, _activation_bytes
+    from megatron_dllm.model.presets import get_preset
+    from megatron_dllm.train.dry_run import plan_options
+
+    model = get_preset("tiny-moe")
+    layers = model.moe_layer_pattern() or [0] * model.num_layers
+    one = PlanOptions(micro_batch_size=2, device="cpu")
+    for layout in ("bd", "mdlm"):
+        copies = _activation_bytes(model, ParallelConfig(), dataclasses.replace(one, rows_per_sample=2), layers, 0, layout)
+        doubled = _activation_bytes(model, ParallelConfig(), dataclasses.replace(one, micro_batch_size=4), layers, 0,
+                                    layout)
+        assert copies == doubled and copies[0] > _activation_bytes(model, ParallelConfig(), one, layers, 0, layout)[0]
+    base = ["--preset", "tiny-moe", "--mock-data"]
+    assert plan_options(parse_args(base + ["--dllm-objective", "sft"]), 1).rows_per_sample == 2
+    assert plan_options(parse_args(base + ["--dllm-complementary-masking"]), 1).rows_per_sample == 2
+    assert plan_options(parse_args(base), 1).rows_per_sample == 1
+    assert plan_options(parse_args(base + ["--dllm-objective", "ar"]), 1).rows_per_sample == 1

@@ -1,7 +1,8 @@
 """`make demo`: the quickstart, end to end on CPU, from nothing but this machine.
 
   1. data       standard-library docstrings + fixed-width addition problems (data/quickstart.py),
-                a sentencepiece tokenizer with <|mask|>, indexed .bin/.idx datasets (a 50/50 blend)
+                a sentencepiece tokenizer with <|mask|>, indexed .bin/.idx datasets (a 50/50 blend);
+                the addition problems as chat: SFT conversations and DPO pairs (data/addition_chat.py)
   2. AR         pretrain a small MoE as an autoregressive model (--dllm-objective ar)
   3. convert    the AR checkpoint -> a dLLM checkpoint (tools/convert_ar_to_dllm.py)
   4. NELBO      of the converted model (tools/evaluate.py, MDLM layout, fixed stratified t)
@@ -9,11 +10,17 @@
                 (LLaDA2.0's alignment: same-position logits, served by SGLang / dInfer); and the
                 best variant of the ablation that is not LLaDA2-compatible (token shift), the same way
   6. NELBO      of the trained dLLM, same data and t points as step 4
-  7. baseline   continue the AR checkpoint as AR instead, same iterations and learning rates
-  8. task       held-out addition accuracy: the dLLMs (block decoding) against the AR baseline
-                (greedy), same size and training tokens, and the AR model at the conversion point
-                (tools/eval_addition.py), with the decoding wall time of each (KV cache on all)
-  9. samples    tools/generate.py on a few prompts at several confidence thresholds: the samples,
+  7. post-training and baseline, on two cores (demo_post_training.py):
+                SFT of the dLLM on the chat conversations, then DPO (VRPO) on the pairs, the SFT model
+                being the reference; beside it the AR baseline: the AR checkpoint continued as AR,
+                same iterations and learning rates as step 5. Then the held-out evaluations:
+                addition accuracy of the dLLMs (block decoding) against the AR baseline (greedy) and
+                the AR model at the conversion point (tools/eval_addition.py, with the decoding wall
+                time of each, KV cache on all); chat accuracy before SFT, after SFT and after DPO
+                (--format chat); the share of held-out pairs whose chosen reply has the higher ELBO
+                before and after DPO, and the variance of the DPO loss estimate, naive over VRPO
+                (tools/eval_preference.py)
+  8. samples    tools/generate.py on a few prompts at several confidence thresholds: the samples,
                 and tokens per forward against the threshold
 
 Every stage is the command a user would run; each is printed before it runs and logged under
@@ -32,7 +39,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "examples", "configs", "quickstart_moe_cpu.yaml")
@@ -56,11 +63,28 @@ class Plan:
     decode_threshold: float = 0.5    # the setting of the task accuracy (bench/quality.py sweep)
     decode_block: int = 8            # the block size the curriculum decays to
     sample_tokens: int = 32
+    # post-training (demo_post_training.py): SFT and DPO of the dLLM on the task written as chat
+    sft_conversations: int = 5000    # training problems as SFT conversations
+    dpo_pairs_data: int = 1000       # training problems as preference pairs
+    sft_iters: int = 60              # SFT steps of sft_batch windows of 128 tokens (~5 conversations each)
+    sft_lr: float = 5e-4
+    sft_batch: int = 8
+    dpo_iters: int = 20
+    dpo_pairs: int = 16              # pairs per DPO step (one micro-batch)
+    dpo_samples: int = 4             # --dpo-elbo-samples
+    dpo_beta: float = 0.1
+    dpo_lr: float = 2e-5             # higher rates lower the chosen replies' likelihood and the accuracy
+    dpo_seq: int = 32                # tokens per reply window (a conversation padded to 32)
+    preference_samples: int = 8      # noise draws per ELBO of the preference evaluation
+    variance_repeats: int = 24       # noise draws of the DPO loss variance ratio
+    variance_pairs: int = 16
 
     @classmethod
     def quick(cls) -> "Plan":
         return cls(ar_iters=12, dllm_iters=15, text_chars=150_000, addition_docs=4000, num_test=20,
-                   eval_iters=1, thresholds=(1.0, 0.1), sample_tokens=8)
+                   eval_iters=1, thresholds=(1.0, 0.1), sample_tokens=8, sft_conversations=400,
+                   dpo_pairs_data=100, sft_iters=4, sft_batch=4, dpo_iters=2, dpo_pairs=4, dpo_samples=2,
+                   preference_samples=2, variance_repeats=4, variance_pairs=4)
 
     def block_schedule(self, tokens_per_step: int) -> str:
         """Warm-up 1 -> 4 over the first ``warmup_share`` of the dLLM tokens, then the decoding
@@ -80,6 +104,10 @@ class Plan:
 
 class StageError(RuntimeError):
     pass
+
+
+class _NotRun(StageError):
+    """A job that waited for a job that failed."""
 
 
 class Runner:
@@ -120,11 +148,49 @@ class Runner:
     def run_side_by_side(self, jobs: List[tuple]) -> List[List[str]]:
         """``run`` for independent (name, cmd) jobs at once, one per core (each stage is one thread,
         so the results are those of running them one after the other); output lines are tagged."""
+        lines = self.run_lanes([[job] for job in jobs])
+        return [lines[name] for name, _ in jobs]
+
+    def run_lanes(self, lanes: List[List[tuple]]) -> Dict[str, List[str]]:
+        """Lanes of jobs at once, one lane per core; a lane runs its jobs one after the other. A job
+        is (name, cmd) or (name, cmd, echo, after): ``after`` names jobs (of any lane) it waits for.
+        Returns every job's output lines by name; the first failure is raised once every lane has
+        stopped (a failed job stops its lane and every job that waits for it)."""
+        import threading
         from concurrent.futures import ThreadPoolExecutor
 
+        def spelled(job):
+            name, cmd, *rest = job
+            return name, cmd, rest[0] if rest else True, tuple(rest[1]) if len(rest) > 1 else ()
+
+        jobs = [[spelled(job) for job in lane] for lane in lanes]
+        done = {job[0]: threading.Event() for lane in jobs for job in lane}
+        results: Dict[str, List[str]] = {}
+
+        def lane(queue):
+            for name, cmd, echo, after in queue:
+                for other in after:
+                    done[other].wait()
+                    if other not in results:
+                        raise _NotRun(f"stage {name} not run: {other} failed")
+                try:
+                    results[name] = self.run(name, cmd, echo, f"[{name}] ")
+                finally:
+                    done[name].set()
+
+        def release(queue):  # a stopped lane releases every job it would have run
+            for name, *_ in queue:
+                done[name].set()
+
         with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-            futures = [pool.submit(self.run, name, cmd, True, f"[{name}] ") for name, cmd in jobs]
-            return [f.result() for f in futures]
+            futures = [pool.submit(lane, queue) for queue in jobs]
+            for future, queue in zip(futures, jobs):
+                future.add_done_callback(lambda _f, q=queue: release(q))
+            errors = [f.exception() for f in futures]
+        errors = [e for e in errors if e is not None]
+        if errors:  # a failure, rather than a job it stopped
+            raise min(errors, key=lambda e: isinstance(e, _NotRun))
+        return results
 
 
 def _short(arg: str) -> str:
@@ -171,7 +237,10 @@ def _mean_loss(records: List[dict], upto: int, last: int = 3) -> float:
 def run_demo(out_dir: str, plan: Plan) -> dict:
     import yaml
 
+    from megatron_dllm.data.addition import AdditionTask
+    from megatron_dllm.data.addition_chat import build_addition_chat_data
     from megatron_dllm.data.quickstart import build_quickstart_data
+    from megatron_dllm.demo_post_training import post_training
 
     with open(CONFIG) as handle:
         base = yaml.safe_load(handle)
@@ -179,14 +248,19 @@ def run_demo(out_dir: str, plan: Plan) -> dict:
     tokens_per_step = seq_len * batch
     py = sys.executable
     tool = lambda name: os.path.join(ROOT, "tools", name)  # noqa: E731
-    runner = Runner(out_dir, total=9)
+    runner = Runner(out_dir, total=8)
     start = time.time()
 
-    runner.stage("data: corpus, tokenizer, indexed datasets")
+    runner.stage("data: corpus, tokenizer, indexed datasets; the chat data of post-training")
     data = build_quickstart_data(os.path.join(out_dir, "data"), text_chars=plan.text_chars,
                                  addition_docs=plan.addition_docs, num_test=plan.num_test,
                                  log=lambda msg: print("  " + msg, flush=True))
     tok = data.tokenizer_model
+    chat = build_addition_chat_data(os.path.join(out_dir, "chat"), tok, AdditionTask(**data.task),
+                                    sft_count=plan.sft_conversations, dpo_count=plan.dpo_pairs_data)
+    print(f"  chat data: {chat.sft_conversations} SFT conversations ({chat.sft_prefix}), {chat.dpo_pairs} "
+          f"preference pairs ({chat.dpo_prefix}), the held-out problems as chat ({chat.dpo_test_prefix})",
+          flush=True)
     common = ["--config", CONFIG, "--data-path", *data.data_path, "--tokenizer-model", tok,
               "--data-cache-path", os.path.join(out_dir, "data", "cache")]
     task_flags = ["--max-digits", str(data.task["max_digits"]), "--num-test", str(data.task["num_test"]),
@@ -229,29 +303,34 @@ def run_demo(out_dir: str, plan: Plan) -> dict:
     runner.stage("validation NELBO after dLLM training (same data and t points)")
     nelbo_final = _json_lines(runner.run("nelbo_trained", [*evaluate, "--load", dllm_dir]))[-1]
 
-    runner.stage(f"AR baseline: the AR checkpoint continued as AR for {plan.dllm_iters} iterations "
-                 "(same learning rates)")
-    runner.run("ar_baseline", [py, "-m", "megatron_dllm.pretrain", *common, "--dllm-objective", "ar",
-                               *continued, "--load", ar_dir, "--finetune", "--save", base_dir,
-                               "--eval-interval", str(plan.dllm_iters),
-                               "--tensorboard-dir", os.path.join(out_dir, "tb", "ar_baseline")])
-
-    runner.stage("held-out addition problems: the dLLMs (block decoding) vs the AR baseline (greedy)")
-    dllm_task, best_task = (_json_lines(runner.run(name, [
-        py, tool("eval_addition.py"), "--load", path, "--tokenizer-model", tok, *task_flags,
-        "--block-length", str(plan.decode_block), "--threshold", str(plan.decode_threshold),
-        "--minimal-topk", "0", "--examples", "3"], echo=False))[-1]  # the threshold alone sets the parallelism
-        for name, path in (("task_dllm", dllm_dir), ("task_dllm_best", best_dir)))
-    ar_task, converted_task = (_json_lines(runner.run(name, [
-        py, tool("eval_addition.py"), "--load", path, "--tokenizer-model", tok, *task_flags,
-        "--examples", "3"], echo=False))[-1]
-        for name, path in (("task_ar_baseline", base_dir), ("task_ar_converted", ar_dir)))
+    post = post_training(plan, py, tool, out_dir, tok, chat, dllm_dir, task_flags, CONFIG)
+    runner.stage(f"post-training of the dLLM on chat data (SFT {plan.sft_iters} iterations, then DPO "
+                 f"{plan.dpo_iters}), beside the AR baseline (the AR checkpoint continued as AR for "
+                 f"{plan.dllm_iters} iterations, same learning rates); then the held-out evaluations")
+    addition = [py, tool("eval_addition.py"), "--tokenizer-model", tok, *task_flags, "--examples", "3"]
+    diffusion = ["--block-length", str(plan.decode_block), "--threshold", str(plan.decode_threshold),
+                 "--minimal-topk", "0"]  # the threshold alone sets the parallelism
+    lines = runner.run_lanes([
+        [*post.lanes[0],
+         ("task_dllm", [*addition, "--load", dllm_dir, *diffusion], False),
+         ("task_dllm_best", [*addition, "--load", best_dir, *diffusion], False),
+         *post.lanes[1]],
+        [("ar_baseline", [py, "-m", "megatron_dllm.pretrain", *common, "--dllm-objective", "ar",
+                          *continued, "--load", ar_dir, "--finetune", "--save", base_dir,
+                          "--eval-interval", str(plan.dllm_iters),
+                          "--tensorboard-dir", os.path.join(out_dir, "tb", "ar_baseline")]),
+         ("task_ar_baseline", [*addition, "--load", base_dir], False),
+         ("task_ar_converted", [*addition, "--load", ar_dir], False),
+         *post.lanes[2]]])
+    dllm_task, best_task, ar_task, converted_task = (_json_lines(lines[name])[-1] for name in (
+        "task_dllm", "task_dllm_best", "task_ar_baseline", "task_ar_converted"))
     for name, r in (("dLLM", dllm_task), ("dLLM, token shift", best_task), ("AR baseline", ar_task),
                     ("AR at the conversion", converted_task)):
         shown = ", ".join(f"{e['prompt']}{e['completion']}" for e in r["examples"])
-        print(f"  {name}: accuracy {r['accuracy']:.3f} ({r['correct']}/{r['total']}), "
+        print(f"  addition, {name}: accuracy {r['accuracy']:.3f} ({r['correct']}/{r['total']}), "
               f"{r['tokens_per_forward']:.2f} tokens per forward, decoding {r['decode_seconds']:.1f} s, "
               f"e.g. {shown}", flush=True)
+    post_summary = post.summary(lines)
 
     runner.stage("samples from the dLLM, and tokens per forward against the confidence threshold")
     flags = [f for p in PROMPTS for f in ("--prompt", p)]
@@ -307,6 +386,7 @@ def run_demo(out_dir: str, plan: Plan) -> dict:
             "flags": list(plan.best_variant_flags), "llada2_compatible": False, "checkpoint": best_dir,
             "accuracy": best_task["accuracy"], "tokens_per_forward": best_task["tokens_per_forward"],
             "decode_seconds": best_task["decode_seconds"], "threshold": plan.decode_threshold},
+        **post_summary,
         "tokens_per_forward_by_threshold": sweep,
         "task_examples": {"dllm": dllm_task["examples"], "ar_baseline": ar_task["examples"]},
         "samples": [{"prompt": s["prompt"], "text": s["text"], "tokens_per_forward": s["tokens_per_forward"]}
@@ -327,7 +407,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
     plan = Plan.quick() if args.quick else Plan()
-    print(f"megatron_dllm demo: AR pretraining -> conversion -> dLLM curriculum -> evaluation on CPU; "
+    print(f"megatron_dllm demo: AR pretraining -> conversion -> dLLM curriculum -> SFT -> DPO -> evaluation "
+          f"on CPU; "
           f"outputs in {out_dir}", flush=True)
     try:
         summary = run_demo(out_dir, plan)
@@ -345,6 +426,11 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"  addition (held out): dLLM {acc['dllm']:.3f} at {acc['dllm_tokens_per_forward']:.2f} tokens per "
           f"forward, decoding {acc['ar_decode_seconds'] / max(acc['dllm_decode_seconds'], 1e-9):.2f}x as fast "
           f"as AR; AR baseline {acc['ar_baseline']:.3f}; token shift {summary['best_variant']['accuracy']:.3f}\n"
+          f"  chat (held out): {summary['sft']['accuracy_before']:.3f} before SFT -> "
+          f"{summary['sft']['accuracy_after']:.3f} after SFT -> {summary['dpo']['accuracy_after']:.3f} after DPO; "
+          f"chosen reply preferred {summary['dpo']['preference_accuracy_before']:.3f} -> "
+          f"{summary['dpo']['preference_accuracy_after']:.3f}; DPO loss variance naive / VRPO "
+          f"{summary['dpo']['vrpo_variance_ratio']:.1f}x\n"
           f"Look at the curves: .venv/bin/tensorboard --logdir {summary['tensorboard_dir']}\n"
           f"Generate: .venv/bin/python tools/generate.py --load {summary['dllm_checkpoint']} "
           f"--tokenizer-model {summary['tokenizer_model']} --prompt 'Return the'", flush=True)

@@ -9,6 +9,7 @@
     write_jsonl_records("sft.jsonl", sft_records(task, 1000, seed=1))
     data = build_addition_chat_data("runs/demo/chat", "runs/demo/data/tokenizer.model", task)
     data.sft_prefix, data.dpo_prefix   # for SFTDataset / DPOPairDataset; *_test_jsonl held out
+    data.dpo_test_prefix               # the held-out pairs, preprocessed (tools/eval_preference.py)
 
 The answer is written as in the pretraining documents (``task.answer``: zero-padded, one digit
 wider than the operands). A rejected answer is a near miss: the right answer with one digit moved
@@ -89,6 +90,7 @@ class AdditionChatData:
     dpo_prefix: str        # P_dpo: preference pairs of training problems
     sft_test_jsonl: str    # every held-out problem once, as an SFT record
     dpo_test_jsonl: str    # every held-out problem once, as a DPO record
+    dpo_test_prefix: str   # dpo_test_jsonl preprocessed (P_dpo of out_dir/heldout)
     sft_conversations: int
     dpo_pairs: int
 
@@ -109,6 +111,8 @@ def build_addition_chat_data(out_dir: str, tokenizer_model: str, task: AdditionT
     stats = {fmt: preprocess_jsonl(paths[fmt], tokenizer_model, os.path.join(out_dir, "addition"),
                                    format=fmt, chat_template=chat_template, log=io.StringIO())
              for fmt in ("sft", "dpo")}
+    heldout = preprocess_jsonl(paths["dpo_test"], tokenizer_model, os.path.join(out_dir, "heldout"), format="dpo",
+                               chat_template=chat_template, log=io.StringIO())
     return AdditionChatData(stats["sft"].output_prefix, stats["dpo"].output_prefix,
-                            paths["sft_test"], paths["dpo_test"], stats["sft"].documents,
+                            paths["sft_test"], paths["dpo_test"], heldout.output_prefix, stats["sft"].documents,
                             stats["dpo"].documents)

@@ -1,11 +1,17 @@
 """Accuracy on the synthetic addition task (``data/addition.py``) of a loaded model, decoded either
 with block-wise diffusion decoding (a dLLM) or greedily left to right (an AR model, or a dLLM
-trained with a causal clean stream)."""
+trained with a causal clean stream).
+
+A problem is put to the model as the pretraining documents write it (``task_prompts``: ``"47+08="``)
+or as a chat turn (``chat_prompts``: ``"What is 47+08?"`` rendered by the chat template the SFT data
+was preprocessed with, up to the assistant's reply, as ``data/chat_template.encode_prompt`` cuts it).
+Either way the completion must start with the sum.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from megatron_dllm.data.addition import AdditionTask
 from megatron_dllm.generate.ar_decoding import greedy_ar
@@ -39,21 +45,50 @@ class TaskResult:
                 "decode_seconds": round(self.decode_seconds, 3), "examples": self.examples}
 
 
+class ProblemPrompt(NamedTuple):
+    """What the model is given for one problem: ``ids``, and ``text`` to show in examples."""
+
+    ids: List[int]
+    text: str
+
+
+def task_prompts(tokenizer, task: AdditionTask) -> Callable[[int, int], ProblemPrompt]:
+    """Problems as the pretraining documents write them: ``"47+08="``."""
+    return lambda a, b: ProblemPrompt(tokenizer.encode(task.prompt(a, b)), task.prompt(a, b))
+
+
+def chat_prompts(tokenizer, task: AdditionTask, template) -> Callable[[int, int], ProblemPrompt]:
+    """Problems as one user turn, ``"What is 47+08?"`` (``data/addition_chat.chat_question``),
+    rendered with ``template`` (``data/chat_template.load_chat_template``) up to the reply."""
+    from megatron_dllm.data.addition_chat import chat_question
+    from megatron_dllm.data.chat_template import encode_prompt
+
+    def prompt(a: int, b: int) -> ProblemPrompt:
+        question = chat_question(task, a, b)
+        return ProblemPrompt(encode_prompt(tokenizer, template, [{"role": "user", "content": question}]),
+                             question + " ")
+
+    return prompt
+
+
 def addition_accuracy(model, forward: Callable, tokenizer, task: AdditionTask,
                       problems: Optional[List[Tuple[int, int]]] = None, *, decoder: str = "diffusion",
                       decode_cfg: Optional[DecodeConfig] = None, max_new_tokens: int = 8,
-                      device="cpu", num_examples: int = 5, use_cache: bool = True) -> TaskResult:
+                      device="cpu", num_examples: int = 5, use_cache: bool = True,
+                      prompts: Optional[Callable[[int, int], ProblemPrompt]] = None) -> TaskResult:
     """Score ``problems`` (default: the task's held-out test set). ``decoder`` is ``"diffusion"``
     (``decode_cfg`` required; its ``use_cache`` applies) or ``"ar"`` (greedy next-token decoding,
-    ``max_new_tokens``, KV cache unless ``use_cache`` is False)."""
+    ``max_new_tokens``, KV cache unless ``use_cache`` is False). ``prompts`` (default
+    ``task_prompts``) says how a problem is put to the model."""
     if decoder not in ("diffusion", "ar"):
         raise ValueError(f"decoder must be 'diffusion' or 'ar', got {decoder!r}")
     if decoder == "diffusion" and decode_cfg is None:
         raise ValueError("diffusion decoding needs a DecodeConfig")
     problems = task.test_problems() if problems is None else problems
+    prompts = prompts or task_prompts(tokenizer, task)
     result = TaskResult(0, len(problems), 0, 0, 0, 0.0)
     for a, b in problems:
-        prompt = tokenizer.encode(task.prompt(a, b))
+        prompt = prompts(a, b).ids
         cached = decode_cfg.use_cache if decoder == "diffusion" else use_cache
         cache = DecodeCache() if cached else None
         attach(model, cache)
@@ -73,7 +108,7 @@ def addition_accuracy(model, forward: Callable, tokenizer, task: AdditionTask,
         result.model_calls += out.model_calls
         result.decode_seconds += out.seconds
         if len(result.examples) < num_examples:
-            result.examples.append({"prompt": task.prompt(a, b), "completion": text, "correct": ok})
+            result.examples.append({"prompt": prompts(a, b).text, "completion": text, "correct": ok})
     return result
 
 
@@ -89,10 +124,11 @@ def addition_task(max_digits: int, num_test: int, seed: int) -> AdditionTask:
 
 
 def check_task_prompts(tokenizer, task: AdditionTask, problems, gen_length: int, vocab_size: int,
-                       positions: int) -> None:
+                       positions: int, prompts: Optional[Callable[[int, int], ProblemPrompt]] = None) -> None:
     """ValueError when a problem's prompt cannot be decoded by the model (``variants.check_prompt``)."""
     from megatron_dllm.generate.variants import check_prompt
 
+    prompts = prompts or task_prompts(tokenizer, task)
     for a, b in problems:
-        check_prompt(tokenizer.encode(task.prompt(a, b)), gen_length, vocab_size, positions,
-                     label=task.prompt(a, b))
+        prompt = prompts(a, b)
+        check_prompt(prompt.ids, gen_length, vocab_size, positions, label=prompt.text.strip())

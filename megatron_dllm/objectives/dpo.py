@@ -253,17 +253,22 @@ class DpoObjective(Objective):
         return (*[elbo(logp[:, s], noise_mask[:, s], t[:, s], inputs.response[:, s]) for s in range(2)],
                 ce, correct)
 
+    def scored_elbos(self, model, inputs: PairInputs, reference: bool):
+        """(B(chosen), B(rejected)), [P] each, of ``model`` without grad on the reference's rows and noise
+        (``reference``) or the policy's: the frozen reference in training, any model in evaluation."""
+        tokens = inputs.ref_tokens if reference else inputs.tokens
+        with torch.no_grad():
+            logits = model(tokens, inputs.position_ids, inputs.attention_mask, logits_index=inputs.logits_index)
+            chosen, rejected, _, _ = self._elbos(logits, inputs, reference=reference)
+        return chosen, rejected
+
     def reference_elbos(self, inputs: PairInputs):
         """(B_ref(chosen), B_ref(rejected)), [P] each, from the frozen reference without grad."""
         chunks = self.frozen.get("reference")
         if not chunks:
             raise ValueError("the DPO objective has no reference model: build it with objective_for(run, ...) "
                              "and attach(chunks), or with_reference(model)")
-        with torch.no_grad():
-            logits = chunks[0](inputs.ref_tokens, inputs.position_ids, inputs.attention_mask,
-                               logits_index=inputs.logits_index)
-            chosen, rejected, _, _ = self._elbos(logits, inputs, reference=True)
-        return chosen, rejected
+        return self.scored_elbos(chunks[0], inputs, reference=True)
 
     def loss_func(self, inputs: PairInputs, step: StepContext, reference_elbos=None):
         """Megatron loss function: policy logits [R, L, V/tp] -> (DPO loss summed over pairs, pairs, report)."""

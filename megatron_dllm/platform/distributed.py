@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from datetime import timedelta
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -85,6 +87,26 @@ def init_model_parallel(parallel: ParallelConfig, seed: int = 1234) -> None:
     )
     torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed)
+
+
+def run_tool(device_flag: str, body: Callable[[str], None]) -> int:
+    """A one-process tool's main part: the device (``--device``: auto | cpu | cuda) and the process
+    group set up, ``body(device)`` run, and the group torn down. A ConfigError / DataError /
+    ValueError from ``body`` is printed as ``error: ...`` on stderr; returns the exit code (0, or 2)."""
+    from megatron_dllm.config import ConfigError
+    from megatron_dllm.data.errors import DataError
+    from megatron_dllm.platform.device import setup_device
+
+    device = setup_device(None if device_flag == "auto" else device_flag)
+    init_process_group(device)
+    try:
+        body(device)
+    except (ConfigError, DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        teardown()
+    return 0
 
 
 def teardown() -> None:

@@ -122,3 +122,59 @@ def dpo_unit_worker(rank, world_size):
     out["policy_grad"] = sum(float(p.grad.abs().sum()) for p in policy.parameters() if p.grad is not None)
     out["reference_grad"] = sum(1 for p in reference.parameters() if p.grad is not None)
     return out
+
+
+def _manual_elbos(model, batch, n, seed, iteration, sampling, block=None):
+    """Per-pair ELBOs of both replies under ``model`` and ``sampling``'s policy noise, from
+    ``dpo_estimate.sequence_elbo`` over a scoring callable (independent of the objective's rows)."""
+    from megatron_dllm.diffusion.dpo_estimate import sequence_elbo
+    from megatron_dllm.diffusion.vrpo import preference_noise
+
+    noise = preference_noise(batch["sample_index"], L, sampling, seed, iteration)
+    score = _scorer(model, batch, n, block)
+    return [sequence_elbo(score, batch[side]["tokens"], batch[side]["loss_mask"].bool(),
+                          getattr(noise, f"policy_{side}"), MASK).double() for side in ("chosen", "rejected")]
+
+
+def preference_eval_worker(rank, world_size):
+    """generate/preference_eval.py on tiny-dense models against the reference forms."""
+    from megatron_dllm.diffusion.dpo_estimate import loss_variance
+    from megatron_dllm.diffusion.preference import dpo_loss
+    from megatron_dllm.generate.preference_eval import loss_variance_ratio, preference_metrics, scoring_objective
+    from megatron_dllm.model.builder import build_model
+    from megatron_dllm.platform.distributed import init_model_parallel
+
+    init_model_parallel(ParallelConfig(), seed=7)
+    cfg = get_preset("tiny-dense")
+    policy = build_model(cfg, ParallelConfig(), init_seed=1).eval()
+    reference = build_model(cfg, ParallelConfig(), init_seed=2).eval()
+    pairs = MockPairs(7, L, EOD, seed=9, content_vocab=250, pad_multiple=8)
+    everything = PairDataset.collate([pairs[i] for i in range(7)], list(range(7)))
+    out = {}
+    with torch.no_grad():
+        for name, block in (("mdlm", None), ("bd", 16)):
+            scorer = scoring_objective(L, mask_token_id=MASK, samples=3, beta=BETA, block_size=block, seed=SEED)
+            got = preference_metrics(policy, pairs, scorer, reference=reference, batch_pairs=3)
+            whole = preference_metrics(policy, pairs, scorer, reference=reference, batch_pairs=7)
+            pc, pr = _manual_elbos(policy, everything, 3, SEED, 0, vrpo(3), block)
+            rc, rr = _manual_elbos(reference, everything, 3, SEED, 0, vrpo(3), block)
+            want = dpo_loss(pc, pr, rc, rr, BETA)
+            out[name] = {"got": got, "whole": whole,
+                         "want": {"pairs": 7, "preference_accuracy": float((pc > pr).double().mean()),
+                                  "elbo_chosen": float(pc.mean()), "elbo_rejected": float(pr.mean()),
+                                  "reward_accuracy": float((want.margin > 0).double().mean()),
+                                  "reward_margin": float(want.margin.mean()), "dpo_loss": float(want.loss.mean())}}
+        # the variance ratio against dpo_estimate.loss_variance over the same pairs, draws and noise
+        scorer = scoring_objective(L, mask_token_id=MASK, samples=2, beta=BETA, seed=SEED)
+        first = PairDataset.collate([pairs[i] for i in range(4)], list(range(4)))
+        pb = PreferenceBatch(chosen=first["chosen"]["tokens"], rejected=first["rejected"]["tokens"],
+                             chosen_mask=first["chosen"]["loss_mask"], rejected_mask=first["rejected"]["loss_mask"],
+                             pair_indices=list(range(4)))
+        ratio = loss_variance_ratio(policy, reference, pairs, scorer, repeats=5, batch_pairs=4)
+        # the scorer callables alternate chosen / rejected, as dpo_estimate calls them
+        want = {s: loss_variance(_scorer(policy, first, 2), _scorer(reference, first, 2), pb, sampling, BETA, MASK,
+                                 5, seed=SEED).variance for s, sampling in (("naive", naive(2)), ("vrpo", vrpo(2)))}
+        out["variance"] = {"got": ratio, "want": want}
+        same = loss_variance_ratio(reference, reference, pairs, scorer, repeats=3, batch_pairs=4)
+        out["variance_same_model"] = same
+    return out

@@ -24,10 +24,38 @@ def demo(tmp_path_factory):
 
 
 def test_progress_is_printed_stage_by_stage(demo):
-    _, _, stdout = demo
-    for i in range(1, 10):
-        assert f"[demo {i}/9]" in stdout
+    out, _, stdout = demo
+    for i in range(1, 9):
+        assert f"[demo {i}/8]" in stdout
     assert "$ " in stdout and "iteration" in stdout
+    commands = [line for line in stdout.splitlines() if line.startswith("$ ")]
+
+    def first(*parts):
+        return next(i for i, c in enumerate(commands) if all(p in c for p in parts))
+
+    sft, dpo = first("--dllm-objective sft"), first("--dllm-objective dpo", f"--ref-load {out / 'sft'}")
+    # each post-training job starts after the job whose checkpoint it reads
+    assert sft < dpo
+    assert sft < first("--format chat", f"--load {out / 'sft'}") and sft < first("eval_preference.py",
+                                                                                   f"--load {out / 'sft'}")
+    assert dpo < first("--format chat", f"--load {out / 'dpo'}") and dpo < first("eval_preference.py",
+                                                                                   f"--load {out / 'dpo'}")
+    assert "[sft] " in stdout and "[dpo] " in stdout and "[ar_baseline] " in stdout
+
+
+def test_summary_has_the_post_training_fields(demo):
+    _, summary, _ = demo
+    sft, dpo = summary["sft"], summary["dpo"]
+    assert sft["problems"] == 20 and sft["iterations"] == 4 and sft["block_size"] == 8
+    for value in (sft["accuracy_before"], sft["accuracy_after"], dpo["accuracy_after"],
+                  dpo["preference_accuracy_before"], dpo["preference_accuracy_after"], dpo["reward_accuracy_after"]):
+        assert 0.0 <= value <= 1.0
+    assert dpo["pairs"] == 20 and dpo["iterations"] == 2 and dpo["elbo_samples"] == 2
+    assert dpo["vrpo_variance_ratio"] > 0 and dpo["variance_repeats"] == 4 and dpo["variance_pairs"] == 4
+    lo, hi = dpo["vrpo_variance_ratio_interval_90"]
+    assert 0 < lo <= hi
+    for path in (sft["checkpoint"], dpo["checkpoint"]):
+        assert os.path.isfile(os.path.join(path, "latest_checkpointed_iteration.txt"))
 
 
 def test_summary_has_the_quickstart_fields(demo):

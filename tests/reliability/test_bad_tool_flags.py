@@ -1,4 +1,5 @@
-"""tools/generate.py, tools/evaluate.py and tools/eval_addition.py with flags that mean nothing: a
+"""tools/generate.py, tools/evaluate.py, tools/eval_addition.py and tools/eval_preference.py with flags
+that mean nothing: a
 one-line error naming the fix, exit 2, no output, no process group started (issue 13, items 4/5).
 
 Before: generate's --mask-token-id -1 / 9999 ended in an IndexError and --tensor-model-parallel-size 0
@@ -29,6 +30,7 @@ from tests.e2e.cli import ROOT
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 try:
     import eval_addition
+    import eval_preference
     import evaluate
     import generate
 finally:
@@ -180,3 +182,38 @@ def test_eval_addition_refuses_a_zero_gen_length_for_an_ar_checkpoint(capsys, tm
     ar = _meta_only_checkpoint(tmp_path / "ar", objective="ar")
     _refused(capsys, eval_addition, ["--load", ar, "--tokenizer-model", tokenizer, "--gen-length", "0"],
              "--gen-length 0 must be >= 1", ar)
+
+
+def test_eval_addition_refuses_a_missing_chat_template_file(capsys, ckpt, tokenizer, tmp_path):
+    missing = str(tmp_path / "nope.jinja")
+    _refused(capsys, eval_addition, ["--load", ckpt, "--tokenizer-model", tokenizer, "--format", "chat",
+                                     "--chat-template", missing, "--device", "cpu"],
+             f"--chat-template {missing}: no such file: pass auto, plain or the path of a Jinja template file", ckpt)
+
+
+# --- tools/eval_preference.py ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags,message", [
+    (["--seq-length", "0"], "--seq-length 0 must be >= 1"),
+    (["--elbo-samples", "0"], "--elbo-samples 0 must be >= 1"),
+    (["--batch-pairs", "-1"], "--batch-pairs -1 must be >= 1"),
+    (["--variance-samples", "-2"], "--variance-samples -2 must be >= 1"),
+    (["--limit", "0"], "--limit 0 must be >= 1"),
+    (["--beta", "0"], "--beta 0.0 must be a finite number > 0"),
+    (["--beta", "nan"], "--beta nan must be a finite number > 0"),
+    (["--block-size", "5"], "--block-size 5 must be >= 1 and divide --seq-length 32"),
+    (["--variance-repeats", "8"], "--variance-repeats 8 needs --ref-load and R >= 2"),
+    (["--variance-repeats", "1", "--ref-load", "REF"], "--variance-repeats 1 needs --ref-load and R >= 2"),
+])
+def test_eval_preference_refuses(capsys, ckpt, tokenizer, tmp_path, flags, message):
+    flags = [ckpt if f == "REF" else f for f in flags]
+    argv = ["--load", ckpt, "--tokenizer-model", tokenizer, "--data-path", str(tmp_path / "pairs_dpo"),
+            "--device", "cpu", *flags]
+    _refused(capsys, eval_preference, argv, message, ckpt)
+
+
+def test_eval_preference_names_the_preprocess_command_for_missing_pairs(capsys, ckpt, tokenizer, tmp_path):
+    prefix = str(tmp_path / "pairs_dpo")
+    _refused(capsys, eval_preference, ["--load", ckpt, "--tokenizer-model", tokenizer, "--data-path", prefix],
+             f"data file {prefix}_tokens.bin does not exist: write it with tools/preprocess_data.py --format dpo "
+             f"(its --output-prefix P writes P_dpo_tokens / P_dpo_lossmask; pass P_dpo)", ckpt)

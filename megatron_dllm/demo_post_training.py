@@ -4,7 +4,10 @@ addition task written as chat (``data/addition_chat.py``), and their held-out ev
   SFT      ``--dllm-objective sft`` from the dLLM checkpoint (``--finetune``), block diffusion at the
            decoding block size, on ``{"messages": [user "What is 47+08?", assistant "055"]}``
   DPO      ``--dllm-objective dpo`` from the SFT checkpoint, which is also the frozen reference
-           (``--ref-load``), on pairs (chosen: the right sum; rejected: one digit off by one), VRPO
+           (``--ref-load``), on pairs (chosen: the right sum; rejected: one digit off by one), VRPO;
+           the router's expert bias is not updated (``--moe-router-bias-update-rate 0``): the
+           token counts of DPO's rows (each reply n times, EOS padding) moved it away from the
+           reference's and cost accuracy whatever the learning rate
   chat     ``tools/eval_addition.py --format chat`` on the held-out problems: the dLLM before SFT,
            after SFT, after DPO (block decoding at the demo's threshold)
   pairs    ``tools/eval_preference.py`` on the held-out problems as pairs: the share of pairs whose
@@ -57,7 +60,8 @@ class PostTraining:
                "reward_accuracy_after": pref_dpo["reward_accuracy"], "reward_margin_after": pref_dpo["reward_margin"],
                "pairs": pref_dpo["pairs"], "elbo_samples_eval": pref_dpo["elbo_samples"],
                "iterations": s["dpo_iters"], "pairs_per_step": s["dpo_pairs"], "elbo_samples": s["dpo_samples"],
-               "beta": s["dpo_beta"], "lr": s["dpo_lr"], "checkpoint": self.dpo_dir,
+               "beta": s["dpo_beta"], "lr": s["dpo_lr"], "expert_bias_update_rate": s["dpo_expert_bias_rate"],
+               "checkpoint": self.dpo_dir,
                "examples_after": after_dpo["examples"]}
         print(f"  chat (held out): accuracy {sft['accuracy_before']:.3f} before SFT -> {sft['accuracy_after']:.3f} "
               f"after SFT -> {dpo['accuracy_after']:.3f} after DPO", flush=True)
@@ -85,7 +89,8 @@ def post_training(plan, py: str, tool, out_dir: str, tok: str, chat, dllm_dir: s
     dpo = [py, "-m", "megatron_dllm.pretrain", *model, "--dllm-objective", "dpo", "--ref-load", sft_dir,
            "--load", sft_dir, "--finetune", "--data-path", chat.dpo_prefix, "--seq-length", str(plan.dpo_seq),
            "--dpo-block-size", str(plan.decode_block), "--dpo-elbo-samples", str(plan.dpo_samples),
-           "--dpo-beta", str(plan.dpo_beta), "--micro-batch-size", str(plan.dpo_pairs),
+           "--dpo-beta", str(plan.dpo_beta), "--moe-router-bias-update-rate", str(plan.dpo_expert_bias_rate),
+           "--micro-batch-size", str(plan.dpo_pairs),
            "--global-batch-size", str(plan.dpo_pairs), "--train-iters", str(plan.dpo_iters),
            "--lr", str(plan.dpo_lr), "--min-lr", str(plan.dpo_lr / 10), "--lr-warmup-iters", "1",
            "--log-interval", str(max(1, plan.dpo_iters // 4)), "--save", dpo_dir,
@@ -108,6 +113,6 @@ def post_training(plan, py: str, tool, out_dir: str, tok: str, chat, dllm_dir: s
          ("preference_sft", [*pairs, "--load", sft_dir], False, ("sft",))],
     )
     settings = {k: getattr(plan, k) for k in ("sft_iters", "dpo_iters", "dpo_pairs", "dpo_samples", "dpo_beta",
-                                               "dpo_lr")}
+                                               "dpo_lr", "dpo_expert_bias_rate")}
     settings["sft_block"] = plan.decode_block
     return PostTraining(lanes=lanes, sft_dir=sft_dir, dpo_dir=dpo_dir, settings=settings)

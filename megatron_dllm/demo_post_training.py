@@ -101,7 +101,7 @@ def post_training(plan, py: str, tool, out_dir: str, tok: str, chat, dllm_dir: s
     pairs = [py, tool("eval_preference.py"), "--tokenizer-model", tok, "--data-path", chat.dpo_test_prefix,
              "--seq-length", str(plan.dpo_seq), "--block-size", str(plan.decode_block),
              "--elbo-samples", str(plan.preference_samples), "--beta", str(plan.dpo_beta)]
-    lanes = (  # measured on 2 cores (make demo): lane A 217 s, lane B 208 s
+    lanes = (  # measured on 2 cores (make demo): lane A 234 s, lane B 227 s
         [("sft", sft), ("dpo", dpo)],
         [("chat_dpo", [*chat_eval, "--load", dpo_dir], False, ("dpo",)),
          ("preference_dpo", [*pairs, "--load", dpo_dir, "--ref-load", sft_dir, "--variance-repeats",

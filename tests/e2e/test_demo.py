@@ -51,6 +51,7 @@ def test_summary_has_the_post_training_fields(demo):
                   dpo["preference_accuracy_before"], dpo["preference_accuracy_after"], dpo["reward_accuracy_after"]):
         assert 0.0 <= value <= 1.0
     assert dpo["pairs"] == 20 and dpo["iterations"] == 2 and dpo["elbo_samples"] == 2
+    assert dpo["expert_bias_update_rate"] == 0.0
     assert dpo["vrpo_variance_ratio"] > 0 and dpo["variance_repeats"] == 4 and dpo["variance_pairs"] == 4
     lo, hi = dpo["vrpo_variance_ratio_interval_90"]
     assert 0 < lo <= hi

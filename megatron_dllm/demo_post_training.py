@@ -20,14 +20,15 @@ The jobs go into the two lanes of the demo's post-training stage, each job after
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Dict, List
 
+from megatron_dllm.demo import _json_lines
+
 
 def _last_json(lines: List[str]) -> dict:
-    return [json.loads(x) for x in lines if x.startswith("{")][-1]
+    return _json_lines(lines)[-1]
 
 
 @dataclass

@@ -77,19 +77,10 @@ def _inputs(args):
 
         run = parse_args(["--config", args.config])
         name, model, parallel = run.preset or os.path.basename(args.config), run.model, run.parallel
-        t = run.training
-        from megatron_dllm.objectives import objective_type
+        from megatron_dllm.train.dry_run import plan_options
 
-        opts = PlanOptions(micro_batch_size=t.micro_batch_size,
-                           rows_per_sample=objective_type(run.diffusion.objective).training_rows_per_sample(
-                               run.diffusion),
-                           bd_micro_batch_size=run.diffusion.bd_micro_batch_size,
-                           global_batch_size=t.global_batch_size, bf16=t.bf16,
-                           distributed_optimizer=t.use_distributed_optimizer,
-                           overlap_grad_reduce=t.overlap_grad_reduce,
-                           recompute=t.recompute_granularity or "none",
-                           attention_backend=None if run.diffusion.attention_backend == "auto"
-                           else run.diffusion.attention_backend)
+        # the run's own planner options (as --dry-run); DP and the device are set from the flags below
+        opts = plan_options(run, world_size=1)
     else:
         from megatron_dllm.model.presets import get_preset
 

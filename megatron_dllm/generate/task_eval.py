@@ -88,15 +88,15 @@ def addition_accuracy(model, forward: Callable, tokenizer, task: AdditionTask,
     prompts = prompts or task_prompts(tokenizer, task)
     result = TaskResult(0, len(problems), 0, 0, 0, 0.0)
     for a, b in problems:
-        prompt = prompts(a, b).ids
+        prompt = prompts(a, b)
         cached = decode_cfg.use_cache if decoder == "diffusion" else use_cache
         cache = DecodeCache() if cached else None
         attach(model, cache)
         try:
             if decoder == "diffusion":
-                out = decode(prompt, forward, decode_cfg, device=device, cache=cache)
+                out = decode(prompt.ids, forward, decode_cfg, device=device, cache=cache)
             else:
-                out = greedy_ar(prompt, forward, max_new_tokens, eos_id=tokenizer.eod_id,
+                out = greedy_ar(prompt.ids, forward, max_new_tokens, eos_id=tokenizer.eod_id,
                                 device=device, cache=cache)
         finally:
             attach(model, None)
@@ -108,7 +108,7 @@ def addition_accuracy(model, forward: Callable, tokenizer, task: AdditionTask,
         result.model_calls += out.model_calls
         result.decode_seconds += out.seconds
         if len(result.examples) < num_examples:
-            result.examples.append({"prompt": prompts(a, b).text, "completion": text, "correct": ok})
+            result.examples.append({"prompt": prompt.text, "completion": text, "correct": ok})
     return result
 
 
